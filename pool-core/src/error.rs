@@ -1,0 +1,89 @@
+//! The two error types: why a task has no value ([`JobError`]) and why a pool
+//! operation failed ([`Error`]).
+
+use std::io;
+use std::time::Duration;
+
+/// Why a task resolved without a value. Every variant says what to do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The job returned `Err`; `message` is its `Display` text.
+    #[error("job failed: {message}")]
+    Failed { message: String },
+    /// The job panicked; the worker caught it and lives on.
+    #[error("job panicked: {message}")]
+    Panicked { message: String },
+    /// The worker process died while running the task (signal, abort, `exit`, OOM).
+    /// `exitcode` follows `multiprocessing`: `>0` exit status, `<0` minus the signal.
+    #[error("worker {pid} was lost while running the task: {}", describe_exitcode(*.exitcode))]
+    WorkerLost { pid: u32, exitcode: i32 },
+    /// The task ran past its time limit; its worker was killed and replaced.
+    #[error("task ran past its time limit; its worker was killed")]
+    Timeout,
+    /// The task was cancelled before it started.
+    #[error("task was cancelled before it started")]
+    Cancelled,
+    /// Submitted after `close()` or `terminate()`.
+    #[error("pool is closed to new tasks")]
+    PoolClosed,
+    /// Pending or running when the pool was terminated.
+    #[error("pool was terminated before the task finished")]
+    Terminated,
+    /// The worker executable has no job by this name (or one with other types).
+    #[error("the workers have no job `{name}`{detail}")]
+    UnknownJob { name: String, detail: String },
+    /// An argument or result could not be encoded or decoded.
+    #[error("codec error: {message}")]
+    Codec { message: String },
+    /// The worker sent something that breaks the protocol; it was killed.
+    #[error("protocol error: {message}")]
+    Protocol { message: String },
+    /// Workers could not be started (bad executable, failing initializer, ...) too many
+    /// times in a row; the pool gave up rather than respawn forever.
+    #[error("workers cannot be started: {message}")]
+    StartFailed { message: String },
+    /// A timed wait ended before the task did; the task may still finish.
+    #[error("waited {waited:?} and the task has not finished")]
+    WaitTimeout { waited: Duration },
+    /// The value was already taken from this result by an earlier `get_timeout`.
+    #[error("the result was already taken")]
+    ResultTaken,
+}
+
+/// `multiprocessing`-style exit code in words: `-9` is "killed by SIGKILL".
+pub fn describe_exitcode(exitcode: i32) -> String {
+    if exitcode < 0 {
+        let name = nix::sys::signal::Signal::try_from(-exitcode)
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_else(|_| format!("signal {}", -exitcode));
+        format!("killed by {name} (exitcode {exitcode})")
+    } else {
+        format!("exited with status {exitcode}")
+    }
+}
+
+/// Why a pool could not be built, joined or used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A task's error, for callers that use `?` on both kinds in one function.
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// The first workers could not be started or did not complete their handshake.
+    #[error("cannot start workers: {message}")]
+    WorkerStart { message: String },
+    /// This process was started as a worker, yet builds a pool instead of serving.
+    #[error(
+        "this process was started as a procpool worker but built a pool: call \
+         procpool::init() first thing in main"
+    )]
+    NotInitialized,
+    /// `join` before `close` or `terminate`.
+    #[error("pool is still accepting tasks: call close() or terminate() before join()")]
+    StillRunning,
+    /// A builder setting is out of range.
+    #[error("invalid pool configuration: {0}")]
+    Config(String),
+    /// The supervisor could not set up its own resources.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}

@@ -1,0 +1,60 @@
+//! Starting one worker process with its end of a fresh stream.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use pool_worker::protocol::{ENV_SUPERVISOR_PID, ENV_WORKER_FD};
+
+use crate::sys;
+
+/// How to start a worker: which program, with which arguments.
+#[derive(Clone, Debug)]
+pub(crate) struct LaunchSpec {
+    pub executable: PathBuf,
+    pub args: Vec<OsString>,
+    /// Send the worker's stdout to /dev/null (a test harness prints its own chatter).
+    pub quiet_stdout: bool,
+}
+
+/// A started worker: the process and the supervisor's end of its stream.
+pub(crate) struct Launched {
+    pub child: Child,
+    pub stream: UnixStream,
+}
+
+/// Starts one worker. The child end of the stream reaches the worker as an inherited
+/// descriptor named in the environment: no listening socket and no `accept` that could
+/// wait forever for a worker that died before connecting.
+pub(crate) fn launch(spec: &LaunchSpec) -> io::Result<Launched> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut command = Command::new(&spec.executable);
+    command
+        .args(&spec.args)
+        .env(ENV_WORKER_FD, theirs.as_raw_fd().to_string())
+        .env(ENV_SUPERVISOR_PID, std::process::id().to_string())
+        // A worker must never read the supervisor's stdin (the CLI reads its input there).
+        .stdin(Stdio::null());
+    if spec.quiet_stdout {
+        command.stdout(Stdio::null());
+    }
+    sys::prepare_worker(&mut command, theirs.as_raw_fd(), std::process::id() as i32);
+    let child = command.spawn()?;
+    drop(theirs);
+    Ok(Launched {
+        child,
+        stream: ours,
+    })
+}
+
+/// `multiprocessing`'s exitcode for a finished process: the exit status, or minus the
+/// number of the signal that ended it.
+pub(crate) fn exitcode(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| -status.signal().unwrap_or(0))
+}

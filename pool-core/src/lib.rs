@@ -1,0 +1,33 @@
+//! The procpool supervisor: it starts worker processes, sends them tasks, collects
+//! results, and replaces workers that die; it never runs job code itself.
+//!
+//! Users reach all of this through the `procpool` facade crate; this crate's map:
+//!
+//! - [`Pool`] / [`PoolBuilder`]: the pool a caller holds (`map`, `apply_async`,
+//!   `imap`, `close`, `join`, `terminate`, ...).
+//! - [`AsyncResult`]: one submission's future value (blocking, timed, callback, or
+//!   `.await`).
+//! - [`Imap`]: the lazy, bounded streaming iterator of `imap` / `imap_unordered`.
+//! - [`JobError`] (why a task has no value) and [`Error`] (why a pool operation
+//!   failed).
+//!
+//! Inside, one supervisor thread per pool runs an event loop over the workers'
+//! streams (`supervisor`), a small non-blocking framing layer (`conn`), process
+//! launching (`launch`), and the only `unsafe` code, in `sys`: what a worker does
+//! between fork and exec. The promise it keeps: every submitted task resolves exactly
+//! once, with its value or a typed error; a dead worker fails only the task it was
+//! running; no worker outlives the pool or its process.
+
+mod conn;
+mod error;
+mod imap;
+mod launch;
+mod pool;
+mod result;
+mod supervisor;
+mod sys;
+
+pub use error::{Error, JobError, describe_exitcode};
+pub use imap::Imap;
+pub use pool::{Pool, PoolBuilder, TEST_ENTRY, TestHarness, default_chunksize};
+pub use result::AsyncResult;

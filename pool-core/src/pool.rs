@@ -1,0 +1,768 @@
+//! The caller's side: [`PoolBuilder`], [`Pool`] and the state it shares with the
+//! supervisor thread.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use pool_worker::protocol::{self, DEFAULT_MAX_FRAME, JobInfo, Request};
+use pool_worker::{Codec, Job};
+use serde_bytes::ByteBuf;
+
+use crate::error::{Error, JobError};
+use crate::imap::Imap;
+use crate::launch::LaunchSpec;
+use crate::result::{AsyncResult, CollectSink, OneSink, Sink, Slot};
+use crate::supervisor::{Command, Supervisor, Task, WAKER};
+
+/// Everything the supervisor needs to know, fixed at `build()`.
+pub(crate) struct Config {
+    pub processes: usize,
+    /// The initializer's job name and encoded argument.
+    pub initializer: Option<(String, Vec<u8>)>,
+    pub max_tasks_per_child: Option<usize>,
+    pub launch: LaunchSpec,
+    pub start_timeout: Duration,
+    pub terminate_grace: Duration,
+    pub max_message_size: usize,
+    pub tasks_per_worker: usize,
+    pub max_start_failures: u32,
+}
+
+/// Marks a test binary whose `#[test]` entry serves as a worker; submitted by
+/// `procpool::test_harness!()`. With it, the pool starts the test binary with the
+/// arguments that run only that entry.
+#[doc(hidden)]
+pub struct TestHarness {
+    pub module_path: &'static str,
+}
+
+inventory::collect!(TestHarness);
+
+/// The name of the entry test that `procpool::test_harness!()` defines.
+pub const TEST_ENTRY: &str = "__procpool_worker_entry";
+
+/// Configures and starts a [`Pool`].
+///
+/// ```no_run
+/// # fn main() -> Result<(), procpool::Error> {
+/// procpool::init();
+/// let pool = procpool::Pool::builder()
+///     .processes(4)
+///     .max_tasks_per_child(1000)
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    initializer: Option<(String, Result<Vec<u8>, String>)>,
+    max_tasks_per_child: Option<usize>,
+    worker_executable: Option<PathBuf>,
+    worker_args: Vec<OsString>,
+    start_timeout: Duration,
+    terminate_grace: Duration,
+    max_message_size: usize,
+    tasks_per_worker: usize,
+    max_start_failures: u32,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            processes: None,
+            initializer: None,
+            max_tasks_per_child: None,
+            worker_executable: None,
+            worker_args: Vec::new(),
+            start_timeout: Duration::from_secs(30),
+            terminate_grace: Duration::from_secs(1),
+            max_message_size: DEFAULT_MAX_FRAME,
+            tasks_per_worker: 2,
+            max_start_failures: 5,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Number of worker processes. Default: the number of CPUs available.
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// A job each worker runs once, before its first task (for example to open a
+    /// connection or load a model). If it fails, that worker counts as failing to
+    /// start. Default: none.
+    pub fn initializer<J: Job>(mut self, _job: J, argument: J::Input) -> Self {
+        self.initializer = Some((J::NAME.to_owned(), Codec::Bincode.encode(&argument)));
+        self
+    }
+
+    /// Replace a worker after it has run this many tasks (a chunk of `map` counts as
+    /// one task, as in Python). Default: never.
+    pub fn max_tasks_per_child(mut self, n: usize) -> Self {
+        self.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// The program to start as a worker. Default: this program itself
+    /// (`current_exe()`), whose `main` calls `procpool::init()`.
+    pub fn worker_executable(mut self, path: impl Into<PathBuf>) -> Self {
+        self.worker_executable = Some(path.into());
+        self
+    }
+
+    /// Arguments for the worker program. Default: none.
+    pub fn worker_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.worker_args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How long a worker may take to start and say hello. Default: 30 s.
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// At `terminate`, how long workers get after SIGTERM before SIGKILL. Default: 1 s.
+    pub fn terminate_grace(mut self, grace: Duration) -> Self {
+        self.terminate_grace = grace;
+        self
+    }
+
+    /// Largest message accepted from or sent to a worker. Default: 1 GiB.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Tasks sent ahead to each worker (the running one included), so a worker never
+    /// waits for its next task. Default: 2.
+    pub fn tasks_per_worker(mut self, n: usize) -> Self {
+        self.tasks_per_worker = n;
+        self
+    }
+
+    /// Worker start failures in a row after which the pool stops respawning and
+    /// fails what is queued with [`JobError::StartFailed`]. Default: 5.
+    pub fn max_start_failures(mut self, n: u32) -> Self {
+        self.max_start_failures = n;
+        self
+    }
+
+    /// Starts the workers and waits until all of them have completed their handshake.
+    pub fn build(self) -> Result<Pool, Error> {
+        if pool_worker::missing_init() {
+            return Err(Error::NotInitialized);
+        }
+        let processes = match self.processes {
+            Some(0) => return Err(Error::Config("processes must be at least 1".into())),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if self.tasks_per_worker == 0 {
+            return Err(Error::Config("tasks_per_worker must be at least 1".into()));
+        }
+        if self.max_tasks_per_child == Some(0) {
+            return Err(Error::Config(
+                "max_tasks_per_child must be at least 1".into(),
+            ));
+        }
+        let initializer = match self.initializer {
+            None => None,
+            Some((name, Ok(bytes))) => Some((name, bytes)),
+            Some((name, Err(e))) => {
+                return Err(Error::Config(format!(
+                    "the argument of initializer `{name}` does not encode: {e}"
+                )));
+            }
+        };
+        let launch = launch_spec(self.worker_executable, self.worker_args)?;
+        let config = Arc::new(Config {
+            processes,
+            initializer,
+            max_tasks_per_child: self.max_tasks_per_child,
+            launch,
+            start_timeout: self.start_timeout,
+            terminate_grace: self.terminate_grace,
+            max_message_size: self.max_message_size,
+            tasks_per_worker: self.tasks_per_worker,
+            max_start_failures: self.max_start_failures.max(1),
+        });
+
+        let poll = mio::Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            port: Mutex::new(Port {
+                tx,
+                accepting: Accepting::Open,
+            }),
+            waker,
+            status: Mutex::new(Status::default()),
+            status_changed: Condvar::new(),
+            next_task: AtomicU64::new(1),
+        });
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let supervisor = Supervisor::new(poll, rx, shared.clone(), config.clone(), ready_tx);
+        let span = tracing::info_span!("pool", processes);
+        let thread = std::thread::Builder::new()
+            .name("procpool-supervisor".into())
+            .spawn(move || span.in_scope(|| supervisor.run()))?;
+        let jobs = match ready_rx.recv() {
+            Ok(Ok(jobs)) => jobs,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(Error::WorkerStart {
+                    message: "the supervisor thread ended during start-up".into(),
+                });
+            }
+        };
+        Ok(Pool {
+            shared,
+            jobs,
+            processes,
+            max_message_size: config.max_message_size,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+}
+
+fn launch_spec(executable: Option<PathBuf>, args: Vec<OsString>) -> Result<LaunchSpec, Error> {
+    if let Some(executable) = executable {
+        return Ok(LaunchSpec {
+            executable,
+            args,
+            quiet_stdout: false,
+        });
+    }
+    let executable = std::env::current_exe()?;
+    // In a test binary the harness owns `main`: run only the entry test that serves.
+    if let Some(h) = inventory::iter::<TestHarness>().next() {
+        let module = h.module_path.split_once("::").map(|(_, rest)| rest);
+        let test = match module {
+            Some(m) => format!("{m}::{TEST_ENTRY}"),
+            None => TEST_ENTRY.to_owned(),
+        };
+        let mut harness_args: Vec<OsString> = [
+            test.as_str(),
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+            "--quiet",
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+        harness_args.extend(args);
+        return Ok(LaunchSpec {
+            executable,
+            args: harness_args,
+            quiet_stdout: true,
+        });
+    }
+    Ok(LaunchSpec {
+        executable,
+        args,
+        quiet_stdout: false,
+    })
+}
+
+/// Whether the pool takes new tasks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Accepting {
+    Open,
+    Closed,
+    /// Workers failed to start too often; the message says why.
+    Broken(String),
+}
+
+pub(crate) struct Port {
+    tx: Sender<Command>,
+    accepting: Accepting,
+}
+
+#[derive(Default)]
+struct Status {
+    pids: Vec<u32>,
+    finished: bool,
+}
+
+/// What callers and the supervisor thread share.
+pub(crate) struct Shared {
+    /// Commands are sent under this lock, so once `accepting` leaves `Open` no task can
+    /// slip into the channel behind the supervisor's back.
+    port: Mutex<Port>,
+    waker: mio::Waker,
+    status: Mutex<Status>,
+    status_changed: Condvar,
+    next_task: AtomicU64,
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; if something did, the data is still
+    // consistent (plain assignments), so carry on rather than cascade the panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn send(&self, command: Command) -> Result<(), JobError> {
+        let port = relock(&self.port);
+        match &port.accepting {
+            Accepting::Open => {}
+            Accepting::Closed => return Err(JobError::PoolClosed),
+            Accepting::Broken(message) => {
+                return Err(JobError::StartFailed {
+                    message: message.clone(),
+                });
+            }
+        }
+        port.tx.send(command).map_err(|_| JobError::PoolClosed)?;
+        drop(port);
+        self.wake();
+        Ok(())
+    }
+
+    /// Stops accepting tasks, then sends `command` (close or terminate).
+    fn stop(&self, command: Command) {
+        let mut port = relock(&self.port);
+        if port.accepting == Accepting::Open {
+            port.accepting = Accepting::Closed;
+        }
+        let _ = port.tx.send(command);
+        drop(port);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Err(e) = self.waker.wake() {
+            tracing::error!(error = %e, "cannot wake the supervisor thread");
+        }
+    }
+
+    pub fn set_accepting(&self, accepting: Accepting) {
+        let mut port = relock(&self.port);
+        if port.accepting == Accepting::Open {
+            port.accepting = accepting;
+        }
+    }
+
+    pub fn set_pids(&self, pids: Vec<u32>) {
+        relock(&self.status).pids = pids;
+    }
+
+    pub fn set_finished(&self) {
+        relock(&self.status).finished = true;
+        self.status_changed.notify_all();
+    }
+
+    fn is_open(&self) -> bool {
+        relock(&self.port).accepting == Accepting::Open
+    }
+
+    /// Waits for the supervisor to finish; false if `deadline` came first.
+    fn wait_finished(&self, deadline: Option<Instant>) -> bool {
+        let mut status = relock(&self.status);
+        while !status.finished {
+            match deadline {
+                None => {
+                    status = self
+                        .status_changed
+                        .wait(status)
+                        .unwrap_or_else(|e| e.into_inner())
+                }
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    status = self
+                        .status_changed
+                        .wait_timeout(status, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The jobs the workers offer, as announced in the first handshake.
+pub(crate) struct JobTable {
+    pub infos: Vec<JobInfo>,
+    by_name: HashMap<String, u32>,
+}
+
+impl JobTable {
+    pub fn new(infos: Vec<JobInfo>) -> Result<JobTable, String> {
+        let mut by_name = HashMap::new();
+        let mut duplicates = Vec::new();
+        for (i, info) in infos.iter().enumerate() {
+            if by_name.insert(info.name.clone(), i as u32).is_some() {
+                duplicates.push(info.name.clone());
+            }
+        }
+        if !duplicates.is_empty() {
+            return Err(format!(
+                "the worker registers more than one job named {}; rename one with \
+                 #[job(name = \"...\")]",
+                duplicates.join(", ")
+            ));
+        }
+        Ok(JobTable { infos, by_name })
+    }
+
+    pub fn index(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The wire index of `J`, checking that the workers' job of that name has the
+    /// same argument and result types as the caller's.
+    fn resolve<J: Job>(&self) -> Result<u32, JobError> {
+        let index = self.index(J::NAME).ok_or_else(|| JobError::UnknownJob {
+            name: J::NAME.to_owned(),
+            detail: String::new(),
+        })?;
+        let info = &self.infos[index as usize];
+        let (input, output) = (
+            std::any::type_name::<J::Input>(),
+            std::any::type_name::<J::Output>(),
+        );
+        if info.input_type != input || info.output_type != output {
+            return Err(JobError::UnknownJob {
+                name: J::NAME.to_owned(),
+                detail: format!(
+                    " taking {input} and returning {output} (theirs takes {} and returns {})",
+                    info.input_type, info.output_type
+                ),
+            });
+        }
+        Ok(index)
+    }
+}
+
+/// A pool of worker processes that run registered jobs.
+///
+/// ```no_run
+/// #[procpool::job]
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init(); // in a worker, this serves jobs and never returns
+///     let pool = procpool::Pool::builder().processes(4).build()?;
+///     let squares = pool.map(square, 0..10_000)?;
+///     assert_eq!(squares[12], 144);
+///     pool.close();
+///     pool.join()?;
+///     Ok(())
+/// }
+/// ```
+///
+/// Dropping a pool terminates it: unfinished tasks resolve as
+/// [`JobError::Terminated`] and every worker is ended.
+pub struct Pool {
+    shared: Arc<Shared>,
+    jobs: Arc<JobTable>,
+    processes: usize,
+    max_message_size: usize,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes)
+            .field("worker_pids", &self.worker_pids())
+            .finish()
+    }
+}
+
+/// Python's default chunk size for `map`: `len / (4 * processes)`, rounded up.
+pub fn default_chunksize(len: usize, processes: usize) -> usize {
+    len.div_ceil(4 * processes.max(1)).max(1)
+}
+
+impl Pool {
+    /// A builder with every setting at its default.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The number of worker processes the pool keeps.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// The pids of the workers alive now (including ones still starting).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        relock(&self.shared.status).pids.clone()
+    }
+
+    /// Names of the jobs the workers offer.
+    pub fn job_names(&self) -> Vec<String> {
+        self.jobs.infos.iter().map(|i| i.name.clone()).collect()
+    }
+
+    /// Runs `job(argument)` in a worker and waits for it.
+    pub fn apply<J: Job>(&self, job: J, argument: J::Input) -> Result<J::Output, JobError> {
+        self.apply_async(job, argument)?.get()
+    }
+
+    /// Submits `job(argument)` and returns at once with its [`AsyncResult`].
+    /// Fails at once with `UnknownJob`, `Codec` or `PoolClosed`.
+    pub fn apply_async<J: Job>(
+        &self,
+        _job: J,
+        argument: J::Input,
+    ) -> Result<AsyncResult<J::Output>, JobError> {
+        let index = self.jobs.resolve::<J>()?;
+        let slot = Slot::new();
+        let task = self.task(
+            index,
+            std::slice::from_ref(&argument),
+            Arc::new(OneSink(slot.clone())),
+            0,
+        )?;
+        self.shared.send(Command::Submit(vec![task]))?;
+        Ok(AsyncResult::new(slot))
+    }
+
+    /// Runs `job` over `inputs` and returns the results in input order, or the first
+    /// error in input order (as Python's `map` does). Chunked automatically.
+    pub fn map<J, I>(&self, job: J, inputs: I) -> Result<Vec<J::Output>, JobError>
+    where
+        J: Job,
+        I: IntoIterator<Item = J::Input>,
+    {
+        self.map_async(job, inputs)?.get()
+    }
+
+    /// Like [`map`](Self::map) but keeps each input's own outcome, so successes are not
+    /// lost to one failure.
+    pub fn map_results<J, I>(
+        &self,
+        _job: J,
+        inputs: I,
+    ) -> Result<Vec<Result<J::Output, JobError>>, JobError>
+    where
+        J: Job,
+        I: IntoIterator<Item = J::Input>,
+    {
+        let inputs: Vec<J::Input> = inputs.into_iter().collect();
+        let chunksize = default_chunksize(inputs.len(), self.processes);
+        self.submit_collect::<J, _>(inputs, chunksize, Ok)?.get()
+    }
+
+    /// [`map`](Self::map) without waiting.
+    pub fn map_async<J, I>(
+        &self,
+        job: J,
+        inputs: I,
+    ) -> Result<AsyncResult<Vec<J::Output>>, JobError>
+    where
+        J: Job,
+        I: IntoIterator<Item = J::Input>,
+    {
+        let inputs: Vec<J::Input> = inputs.into_iter().collect();
+        let chunksize = default_chunksize(inputs.len(), self.processes);
+        self.map_async_chunked(job, inputs, chunksize)
+    }
+
+    /// [`map`](Self::map) with an explicit chunk size (arguments per task).
+    pub fn map_chunked<J, I>(
+        &self,
+        job: J,
+        inputs: I,
+        chunksize: usize,
+    ) -> Result<Vec<J::Output>, JobError>
+    where
+        J: Job,
+        I: IntoIterator<Item = J::Input>,
+    {
+        self.map_async_chunked(job, inputs, chunksize)?.get()
+    }
+
+    /// [`map_async`](Self::map_async) with an explicit chunk size.
+    pub fn map_async_chunked<J, I>(
+        &self,
+        _job: J,
+        inputs: I,
+        chunksize: usize,
+    ) -> Result<AsyncResult<Vec<J::Output>>, JobError>
+    where
+        J: Job,
+        I: IntoIterator<Item = J::Input>,
+    {
+        let inputs: Vec<J::Input> = inputs.into_iter().collect();
+        self.submit_collect::<J, _>(inputs, chunksize, |all| all.into_iter().collect())
+    }
+
+    fn submit_collect<J: Job, U: Send + 'static>(
+        &self,
+        inputs: Vec<J::Input>,
+        chunksize: usize,
+        finish: fn(Vec<Result<J::Output, JobError>>) -> Result<U, JobError>,
+    ) -> Result<AsyncResult<U>, JobError> {
+        let index = self.jobs.resolve::<J>()?;
+        let slot = Slot::new();
+        if inputs.is_empty() {
+            slot.complete(finish(Vec::new()));
+            return Ok(AsyncResult::new(slot));
+        }
+        let chunks: Vec<&[J::Input]> = inputs.chunks(chunksize.max(1)).collect();
+        let sink = Arc::new(CollectSink::<J::Output, U>::new(
+            chunks.len(),
+            finish,
+            slot.clone(),
+        ));
+        let tasks = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(part, chunk)| self.task(index, chunk, sink.clone(), part))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.shared.send(Command::Submit(tasks))?;
+        Ok(AsyncResult::new(slot))
+    }
+
+    /// Streams `job` over `inputs` in input order, reading the inputs lazily with a
+    /// bounded number of tasks in flight, so an endless iterator runs in constant
+    /// memory. Chunk size 1 unless set with [`Imap::chunksize`].
+    pub fn imap<'a, J, I>(&'a self, job: J, inputs: I) -> Imap<'a, J>
+    where
+        J: Job,
+        I: IntoIterator<Item = J::Input>,
+        I::IntoIter: 'a,
+    {
+        Imap::new(self, job, Box::new(inputs.into_iter()), true)
+    }
+
+    /// Like [`imap`](Self::imap) but yields results as they finish.
+    pub fn imap_unordered<'a, J, I>(&'a self, job: J, inputs: I) -> Imap<'a, J>
+    where
+        J: Job,
+        I: IntoIterator<Item = J::Input>,
+        I::IntoIter: 'a,
+    {
+        Imap::new(self, job, Box::new(inputs.into_iter()), false)
+    }
+
+    pub(crate) fn resolve<J: Job>(&self) -> Result<u32, JobError> {
+        self.jobs.resolve::<J>()
+    }
+
+    /// Encodes one task: the arguments of `part` of a submission, for job `index`.
+    pub(crate) fn task<T: serde::Serialize>(
+        &self,
+        index: u32,
+        arguments: &[T],
+        sink: Arc<dyn Sink>,
+        part: usize,
+    ) -> Result<Task, JobError> {
+        let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
+        let encoded = arguments
+            .iter()
+            .map(|a| Codec::Bincode.encode(a).map(ByteBuf::from))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|message| JobError::Codec {
+                message: format!("argument does not encode: {message}"),
+            })?;
+        let frame = protocol::frame(&Request::Run {
+            task: id,
+            job: index,
+            codec: Codec::Bincode,
+            arguments: encoded,
+        })
+        .map_err(|e| JobError::Codec {
+            message: e.to_string(),
+        })?;
+        if frame.len() - 4 > self.max_message_size {
+            return Err(JobError::Codec {
+                message: format!(
+                    "task of {} bytes is larger than max_message_size ({} bytes)",
+                    frame.len() - 4,
+                    self.max_message_size
+                ),
+            });
+        }
+        Ok(Task {
+            id,
+            frame: frame.into(),
+            arguments: arguments.len(),
+            sink,
+            part,
+        })
+    }
+
+    pub(crate) fn submit(&self, tasks: Vec<Task>) -> Result<(), JobError> {
+        self.shared.send(Command::Submit(tasks))
+    }
+
+    /// Stops accepting tasks; queued and running ones still complete. Then `join`.
+    pub fn close(&self) {
+        self.shared.stop(Command::Close);
+    }
+
+    /// Ends every worker now (SIGTERM, then SIGKILL after the grace period) and
+    /// resolves every unfinished task with [`JobError::Terminated`]. Returns once the
+    /// workers are gone.
+    pub fn terminate(&self) {
+        self.shared.stop(Command::Terminate);
+        self.shared.wait_finished(None);
+        self.reap_thread();
+    }
+
+    /// Waits until the pool has finished after `close` or `terminate`.
+    pub fn join(&self) -> Result<(), Error> {
+        if self.shared.is_open() {
+            return Err(Error::StillRunning);
+        }
+        self.shared.wait_finished(None);
+        self.reap_thread();
+        Ok(())
+    }
+
+    /// Like [`join`](Self::join) but returns within `timeout`: `Ok(true)` if the pool
+    /// finished, `Ok(false)` if it is still finishing.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, Error> {
+        if self.shared.is_open() {
+            return Err(Error::StillRunning);
+        }
+        let done = self
+            .shared
+            .wait_finished(Instant::now().checked_add(timeout));
+        if done {
+            self.reap_thread();
+        }
+        Ok(done)
+    }
+
+    fn reap_thread(&self) {
+        if let Some(handle) = relock(&self.thread).take() {
+            if handle.join().is_err() {
+                tracing::error!("the supervisor thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}

@@ -1,0 +1,383 @@
+//! Where a task's outcome goes: [`AsyncResult`] and the sinks behind it.
+//!
+//! The supervisor thread delivers raw outcomes (encoded bytes or a [`JobError`]) to a
+//! [`Sink`]; the sink decodes them into the caller's type and completes a slot that
+//! waiters, callbacks and futures watch. Each task is delivered exactly once because
+//! the supervisor owns the task and gives it up in the act of delivering it.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use pool_worker::Codec;
+use serde::de::DeserializeOwned;
+
+use crate::error::JobError;
+
+/// One argument's raw outcome: the encoded result, or why there is none.
+pub(crate) type RawOutcome = Result<Vec<u8>, JobError>;
+
+/// Receives the outcomes of the tasks of one submission (one `part` per task).
+pub(crate) trait Sink: Send + Sync {
+    /// Called exactly once per part, with one outcome per argument of that part.
+    fn deliver(&self, part: usize, outcomes: Vec<RawOutcome>);
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(raw: RawOutcome) -> Result<T, JobError> {
+    let bytes = raw?;
+    Codec::Bincode.decode(&bytes).map_err(|e| JobError::Codec {
+        message: format!(
+            "result does not decode as {}: {e}",
+            std::any::type_name::<T>()
+        ),
+    })
+}
+
+type Callback<T> = Box<dyn FnOnce(&Result<T, JobError>) + Send>;
+
+enum State<T> {
+    Pending {
+        callbacks: Vec<Callback<T>>,
+        waker: Option<Waker>,
+    },
+    /// Callbacks are running with the value outside the lock; late ones queue here.
+    Completing {
+        late: Vec<Callback<T>>,
+    },
+    Ready(Result<T, JobError>),
+    Taken {
+        ok: bool,
+    },
+}
+
+/// The completion point of one result.
+pub(crate) struct Slot<T> {
+    state: Mutex<State<T>>,
+    done: Condvar,
+}
+
+impl<T> Slot<T> {
+    pub fn new() -> Arc<Slot<T>> {
+        Arc::new(Slot {
+            state: Mutex::new(State::Pending {
+                callbacks: Vec::new(),
+                waker: None,
+            }),
+            done: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // A callback panicking never holds this lock, so poisoning can only come from a
+        // bug here; the state itself is always consistent, so keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Completes the slot once; a second completion is a bug upstream and is ignored.
+    pub fn complete(&self, result: Result<T, JobError>) {
+        let (callbacks, waker) = {
+            let mut state = self.lock();
+            match std::mem::replace(&mut *state, State::Completing { late: Vec::new() }) {
+                State::Pending { callbacks, waker } => (callbacks, waker),
+                other => {
+                    *state = other;
+                    tracing::error!("a result was completed twice; the second is ignored");
+                    return;
+                }
+            }
+        };
+        self.settle(result, callbacks);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// In state `Completing`: runs `callbacks` and any that arrive meanwhile, outside
+    /// the lock, then stores `result` as ready and wakes the waiters.
+    fn settle(&self, result: Result<T, JobError>, mut callbacks: Vec<Callback<T>>) {
+        loop {
+            for callback in callbacks.drain(..) {
+                run_callback(callback, &result);
+            }
+            let mut state = self.lock();
+            match &mut *state {
+                State::Completing { late } if !late.is_empty() => {
+                    callbacks = std::mem::take(late);
+                }
+                _ => {
+                    *state = State::Ready(result);
+                    break;
+                }
+            }
+        }
+        self.done.notify_all();
+    }
+
+    fn on_complete(&self, callback: Callback<T>) {
+        let mut state = self.lock();
+        match &mut *state {
+            State::Pending { callbacks, .. } => callbacks.push(callback),
+            State::Completing { late } => late.push(callback),
+            State::Ready(_) => {
+                // Run outside the lock, so the callback may look at this result.
+                let State::Ready(result) =
+                    std::mem::replace(&mut *state, State::Completing { late: Vec::new() })
+                else {
+                    unreachable!()
+                };
+                drop(state);
+                self.settle(result, vec![callback]);
+            }
+            State::Taken { ok } => {
+                let ok = *ok;
+                drop(state);
+                tracing::warn!(ok, "callback added after the result was taken; not run");
+            }
+        }
+    }
+
+    fn is_ready(state: &State<T>) -> bool {
+        matches!(state, State::Ready(_) | State::Taken { .. })
+    }
+
+    /// Waits until ready or `deadline`; returns the guard and whether it is ready.
+    fn wait_until(&self, deadline: Option<Instant>) -> (MutexGuard<'_, State<T>>, bool) {
+        let mut state = self.lock();
+        loop {
+            if Self::is_ready(&state) {
+                return (state, true);
+            }
+            match deadline {
+                None => state = self.done.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return (state, false);
+                    }
+                    state = self
+                        .done
+                        .wait_timeout(state, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    fn take(state: &mut State<T>) -> Result<T, JobError> {
+        match state {
+            State::Ready(r) => {
+                let ok = r.is_ok();
+                let State::Ready(r) = std::mem::replace(state, State::Taken { ok }) else {
+                    unreachable!()
+                };
+                r
+            }
+            State::Taken { .. } => Err(JobError::ResultTaken),
+            _ => unreachable!("take on a pending result"),
+        }
+    }
+}
+
+fn run_callback<T>(callback: Callback<T>, result: &Result<T, JobError>) {
+    // A callback is user code; its panic must not stop the delivery of other results
+    // (in CPython a raising callback kills the pool's result thread: cpython#83371).
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| callback(result))) {
+        tracing::error!(
+            panic = %pool_worker::panic_message(payload.as_ref()),
+            "a completion callback panicked; other results are unaffected"
+        );
+    }
+}
+
+/// The future value of one submission (`apply_async`, `map_async`).
+///
+/// Wait for it with [`get`](AsyncResult::get) / [`get_timeout`](AsyncResult::get_timeout),
+/// poll it with [`ready`](AsyncResult::ready), attach a callback with
+/// [`on_complete`](AsyncResult::on_complete), or `.await` it from any executor.
+///
+/// ```no_run
+/// # use procpool::{job, Pool};
+/// # use std::time::Duration;
+/// #[job]
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// # fn main() -> Result<(), procpool::Error> {
+/// procpool::init();
+/// let pool = Pool::builder().processes(2).build()?;
+/// let r = pool.apply_async(square, 12)?;
+/// r.on_complete(|v| tracing::info!(?v, "done"));
+/// assert_eq!(r.get_timeout(Duration::from_secs(5))?, 144);
+/// # Ok(()) }
+/// ```
+#[must_use = "a task's result or error is only seen through its AsyncResult"]
+pub struct AsyncResult<T> {
+    slot: Arc<Slot<T>>,
+}
+
+impl<T> std::fmt::Debug for AsyncResult<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &Slot::is_ready(&self.slot.lock()))
+            .finish()
+    }
+}
+
+impl<T: Send + 'static> AsyncResult<T> {
+    pub(crate) fn new(slot: Arc<Slot<T>>) -> Self {
+        AsyncResult { slot }
+    }
+
+    /// Blocks until the task resolves and returns its value or error.
+    pub fn get(self) -> Result<T, JobError> {
+        let (mut state, _) = self.slot.wait_until(None);
+        Slot::take(&mut state)
+    }
+
+    /// Like [`get`](Self::get) but gives up after `timeout` with
+    /// [`JobError::WaitTimeout`]; the task goes on and can be waited for again.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, JobError> {
+        let (mut state, ready) = self.slot.wait_until(Instant::now().checked_add(timeout));
+        if !ready {
+            return Err(JobError::WaitTimeout { waited: timeout });
+        }
+        Slot::take(&mut state)
+    }
+
+    /// Blocks until the task resolves.
+    pub fn wait(&self) {
+        drop(self.slot.wait_until(None));
+    }
+
+    /// Blocks until the task resolves or `timeout` passes; true if it resolved.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.slot.wait_until(Instant::now().checked_add(timeout)).1
+    }
+
+    /// Whether the task has resolved.
+    pub fn ready(&self) -> bool {
+        Slot::is_ready(&self.slot.lock())
+    }
+
+    /// `None` while pending; then whether the task produced a value.
+    pub fn successful(&self) -> Option<bool> {
+        match &*self.slot.lock() {
+            State::Ready(r) => Some(r.is_ok()),
+            State::Taken { ok } => Some(*ok),
+            _ => None,
+        }
+    }
+
+    /// Runs `callback` with the outcome once the task resolves (at once, on this
+    /// thread, if it already has; otherwise on the pool's supervisor thread, so keep it
+    /// short). A panicking callback is logged and changes nothing else.
+    pub fn on_complete(&self, callback: impl FnOnce(&Result<T, JobError>) + Send + 'static) {
+        self.slot.on_complete(Box::new(callback));
+    }
+}
+
+impl<T: Send + 'static> Future for AsyncResult<T> {
+    type Output = Result<T, JobError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.slot.lock();
+        match &mut *state {
+            State::Pending { waker, .. } => {
+                *waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            // Callbacks are still running: the completer notifies the condvar, not the
+            // waker, after them; wake ourselves so the executor polls again shortly.
+            State::Completing { .. } => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            _ => Poll::Ready(Slot::take(&mut state)),
+        }
+    }
+}
+
+/// Sink of a single-argument submission (`apply_async`).
+pub(crate) struct OneSink<T>(pub Arc<Slot<T>>);
+
+impl<T: DeserializeOwned + Send + 'static> Sink for OneSink<T> {
+    fn deliver(&self, _part: usize, outcomes: Vec<RawOutcome>) {
+        let raw = outcomes
+            .into_iter()
+            .next()
+            .unwrap_or(Err(JobError::Protocol {
+                message: "worker returned no outcome".into(),
+            }));
+        self.0.complete(decode(raw));
+    }
+}
+
+/// Sink of a chunked submission that completes one slot when every part is in
+/// (`map_async`, `map`, `map_results`), in input order.
+pub(crate) struct CollectSink<T, U> {
+    parts: Mutex<(Vec<Option<Vec<Result<T, JobError>>>>, usize)>,
+    finish: fn(Vec<Result<T, JobError>>) -> Result<U, JobError>,
+    slot: Arc<Slot<U>>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T, U> CollectSink<T, U> {
+    pub fn new(
+        parts: usize,
+        finish: fn(Vec<Result<T, JobError>>) -> Result<U, JobError>,
+        slot: Arc<Slot<U>>,
+    ) -> Self {
+        CollectSink {
+            parts: Mutex::new(((0..parts).map(|_| None).collect(), parts)),
+            finish,
+            slot,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T, U> Sink for CollectSink<T, U>
+where
+    T: DeserializeOwned + Send + 'static,
+    U: Send + 'static,
+{
+    fn deliver(&self, part: usize, outcomes: Vec<RawOutcome>) {
+        let decoded: Vec<Result<T, JobError>> = outcomes.into_iter().map(decode).collect();
+        let all = {
+            let mut guard = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+            let (parts, remaining) = &mut *guard;
+            match parts.get_mut(part) {
+                Some(p @ None) => {
+                    *p = Some(decoded);
+                    *remaining -= 1;
+                }
+                _ => {
+                    tracing::error!(part, "a part was delivered twice or out of range");
+                    return;
+                }
+            }
+            if *remaining > 0 {
+                return;
+            }
+            std::mem::take(parts)
+        };
+        let flat = all.into_iter().flatten().flatten().collect();
+        self.slot.complete((self.finish)(flat));
+    }
+}
+
+/// Sink of a streaming submission (`imap`): each part goes down a channel.
+pub(crate) struct StreamSink<T>(pub crossbeam_channel::Sender<(usize, Vec<Result<T, JobError>>)>);
+
+impl<T: DeserializeOwned + Send + 'static> Sink for StreamSink<T> {
+    fn deliver(&self, part: usize, outcomes: Vec<RawOutcome>) {
+        // The receiver is the iterator; if it was dropped, nobody wants these.
+        let _ = self
+            .0
+            .send((part, outcomes.into_iter().map(decode).collect()));
+    }
+}

@@ -1,0 +1,813 @@
+//! The supervisor thread: one event loop that owns every worker and every task.
+//!
+//! Roles, in the order data flows: callers put tasks on the command channel (and wake
+//! the loop); the loop *dispatches* queued tasks to workers with room, *collects*
+//! replies and delivers them to the tasks' sinks, and *tends* the workers: it reaps the
+//! dead, fails or requeues their tasks, replaces them, retires them after
+//! `max_tasks_per_child`, and kills them at terminate. All process handling happens on
+//! this one thread, which lives as long as the pool: PR_SET_PDEATHSIG is tied to the
+//! thread that forked a worker, and only the thread that reaps a pid may signal it
+//! without racing pid reuse.
+//!
+//! A task is owned by exactly one place at a time (the queue, or a worker's in-flight
+//! list) and is consumed when delivered; this is what makes "resolves exactly once"
+//! structural rather than a matter of bookkeeping.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use pool_worker::protocol::{self, Hello, Outcome, Reply};
+
+use crate::conn::{Conn, ReadEnd};
+use crate::error::{Error, JobError, describe_exitcode};
+use crate::launch::{self, exitcode};
+use crate::pool::{Accepting, Config, JobTable, Shared};
+use crate::result::{RawOutcome, Sink};
+
+pub(crate) const WAKER: Token = Token(0);
+/// How long a worker whose stream closed may take to exit before SIGKILL.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How often every worker is checked for an exit its stream did not show.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// How often a worker known to be exiting is checked.
+const REAP_EVERY: Duration = Duration::from_millis(2);
+
+/// One unit of work on the wire: a chunk of arguments for one job.
+pub(crate) struct Task {
+    pub id: u64,
+    /// The encoded `Request::Run` frame, shared so requeueing copies nothing.
+    pub frame: Arc<[u8]>,
+    pub arguments: usize,
+    pub sink: Arc<dyn Sink>,
+    pub part: usize,
+}
+
+impl Task {
+    fn resolve(self, outcomes: Vec<RawOutcome>) {
+        self.sink.deliver(self.part, outcomes);
+    }
+
+    fn fail(self, error: JobError) {
+        let n = self.arguments;
+        self.resolve(vec![Err(error); n]);
+    }
+}
+
+pub(crate) enum Command {
+    Submit(Vec<Task>),
+    Close,
+    Terminate,
+}
+
+enum Inflight {
+    Init,
+    Task(Task),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Starting {
+        deadline: Instant,
+    },
+    Ready,
+    /// Its stream is closed; waiting for the process to end, SIGKILL at `kill_at`.
+    Exiting {
+        kill_at: Instant,
+    },
+}
+
+struct Worker {
+    pid: u32,
+    child: std::process::Child,
+    conn: Option<Conn>,
+    phase: Phase,
+    /// Sent and not yet answered, in the order the worker will answer.
+    inflight: VecDeque<Inflight>,
+    /// Tasks ever given to this worker (for `max_tasks_per_child`).
+    dispatched: usize,
+    /// Whether its hello arrived and was accepted.
+    handshaken: bool,
+    /// Why the supervisor ended this worker on purpose; its running task gets this
+    /// error instead of `WorkerLost`.
+    fail_with: Option<JobError>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PoolPhase {
+    Running,
+    Closing,
+    Terminating,
+}
+
+pub(crate) struct Supervisor {
+    poll: Poll,
+    commands: Receiver<Command>,
+    shared: Arc<Shared>,
+    config: Arc<Config>,
+    workers: HashMap<Token, Worker>,
+    next_token: usize,
+    queue: VecDeque<Task>,
+    phase: PoolPhase,
+    jobs: Option<Arc<JobTable>>,
+    init_frame: Option<Arc<[u8]>>,
+    /// Start failures since the last worker that started and did work.
+    start_failures: u32,
+    spawn_after: Instant,
+    /// Set once starting workers failed too often; nothing is respawned after.
+    broken: Option<String>,
+    /// Until the first workers are up, where `build()` waits for the outcome.
+    ready: Option<Sender<Result<Arc<JobTable>, Error>>>,
+    next_sweep: Instant,
+}
+
+impl Supervisor {
+    pub fn new(
+        poll: Poll,
+        commands: Receiver<Command>,
+        shared: Arc<Shared>,
+        config: Arc<Config>,
+        ready: Sender<Result<Arc<JobTable>, Error>>,
+    ) -> Supervisor {
+        let now = Instant::now();
+        Supervisor {
+            poll,
+            commands,
+            shared,
+            config,
+            workers: HashMap::new(),
+            next_token: 1,
+            queue: VecDeque::new(),
+            phase: PoolPhase::Running,
+            jobs: None,
+            init_frame: None,
+            start_failures: 0,
+            spawn_after: now,
+            broken: None,
+            ready: Some(ready),
+            next_sweep: now,
+        }
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        self.replenish();
+        while !self.finished() {
+            if let Err(e) = self.poll.poll(&mut events, Some(self.next_wakeup())) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "event loop failed; terminating the pool");
+                self.begin_terminate(JobError::Terminated);
+                break;
+            }
+            let ready: Vec<(Token, bool, bool)> = events
+                .iter()
+                .map(|e| {
+                    let closed = e.is_read_closed() || e.is_error();
+                    (e.token(), e.is_readable() || closed, e.is_writable())
+                })
+                .collect();
+            for (token, readable, writable) in ready {
+                if token == WAKER {
+                    self.take_commands();
+                    continue;
+                }
+                if writable {
+                    self.flush(token);
+                }
+                if readable {
+                    self.read(token);
+                }
+            }
+            self.tend();
+            self.dispatch();
+            self.replenish();
+            self.close_if_drained();
+        }
+        self.kill_all_and_reap();
+        self.shared.set_finished();
+    }
+
+    fn finished(&self) -> bool {
+        self.phase != PoolPhase::Running && self.workers.is_empty()
+    }
+
+    fn next_wakeup(&self) -> Duration {
+        let now = Instant::now();
+        let mut at = self.next_sweep;
+        for w in self.workers.values() {
+            match w.phase {
+                Phase::Starting { deadline } => at = at.min(deadline),
+                Phase::Exiting { .. } => at = at.min(now + REAP_EVERY),
+                Phase::Ready => {}
+            }
+        }
+        if self.wants_workers() && self.spawn_after > now {
+            at = at.min(self.spawn_after);
+        }
+        at.saturating_duration_since(now)
+    }
+
+    // ----- commands -----
+
+    fn take_commands(&mut self) {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Submit(tasks)) => {
+                    if self.phase == PoolPhase::Running {
+                        self.queue.extend(tasks);
+                    } else {
+                        // Callers check under the port lock first; this is a backstop.
+                        tasks.into_iter().for_each(|t| t.fail(JobError::PoolClosed));
+                    }
+                }
+                Ok(Command::Close) => {
+                    if self.phase == PoolPhase::Running {
+                        tracing::debug!("closing: no new tasks, finishing the queue");
+                        self.phase = PoolPhase::Closing;
+                    }
+                }
+                Ok(Command::Terminate) => self.begin_terminate(JobError::Terminated),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    self.begin_terminate(JobError::Terminated);
+                    return;
+                }
+            }
+        }
+    }
+
+    // ----- workers: starting -----
+
+    fn live_workers(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| !matches!(w.phase, Phase::Exiting { .. }))
+            .count()
+    }
+
+    fn wants_workers(&self) -> bool {
+        self.broken.is_none()
+            && match self.phase {
+                PoolPhase::Running => true,
+                PoolPhase::Closing => !self.queue.is_empty(),
+                PoolPhase::Terminating => false,
+            }
+    }
+
+    fn replenish(&mut self) {
+        while self.wants_workers()
+            && self.live_workers() < self.config.processes
+            && Instant::now() >= self.spawn_after
+        {
+            if let Err(e) = self.spawn() {
+                let message = format!(
+                    "cannot start {}: {e}",
+                    self.config.launch.executable.display()
+                );
+                self.start_failed(message);
+            }
+        }
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let launched = launch::launch(&self.config.launch)?;
+        launched.stream.set_nonblocking(true)?;
+        let mut stream = mio::net::UnixStream::from_std(launched.stream);
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let pid = launched.child.id();
+        tracing::debug!(pid, "worker started");
+        self.workers.insert(
+            token,
+            Worker {
+                pid,
+                child: launched.child,
+                conn: Some(Conn::new(stream, self.config.max_message_size)),
+                phase: Phase::Starting {
+                    deadline: Instant::now() + self.config.start_timeout,
+                },
+                inflight: VecDeque::new(),
+                dispatched: 0,
+                handshaken: false,
+                fail_with: None,
+            },
+        );
+        self.publish_pids();
+        Ok(())
+    }
+
+    /// A worker could not be started, died before its handshake, or its initializer
+    /// failed. During `build()` that fails the build; later, failures in a row back
+    /// off and, past the limit, stop respawning (no endless respawn loop).
+    fn start_failed(&mut self, message: String) {
+        if self.phase == PoolPhase::Terminating {
+            return;
+        }
+        self.start_failures += 1;
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(Err(Error::WorkerStart { message }));
+            self.begin_terminate(JobError::Terminated);
+            return;
+        }
+        tracing::warn!(failures = self.start_failures, %message, "worker start failed");
+        if self.start_failures >= self.config.max_start_failures {
+            tracing::error!(%message, "too many worker start failures in a row; not respawning");
+            self.shared
+                .set_accepting(Accepting::Broken(message.clone()));
+            self.broken = Some(message);
+        } else {
+            let backoff = Duration::from_millis(50) * 2u32.pow(self.start_failures.min(6));
+            self.spawn_after = Instant::now() + backoff;
+        }
+    }
+
+    fn on_hello(&mut self, token: Token, body: &[u8]) {
+        let hello = match protocol::decode_hello(body) {
+            Ok(h) => h,
+            Err(e) => return self.kill(token, start_error(format!("bad handshake: {e}"))),
+        };
+        if let Err(message) = self.check_jobs(&hello) {
+            return self.kill(token, start_error(message));
+        }
+        let Some(w) = self.workers.get_mut(&token) else {
+            return;
+        };
+        tracing::debug!(pid = w.pid, jobs = hello.jobs.len(), "worker ready");
+        w.phase = Phase::Ready;
+        w.handshaken = true;
+        if let (Some(frame), Some(conn)) = (&self.init_frame, w.conn.as_mut()) {
+            w.inflight.push_back(Inflight::Init);
+            conn.queue(frame.clone());
+        }
+        self.flush(token);
+        if self.ready.is_some() {
+            let up = self
+                .workers
+                .values()
+                .filter(|w| w.phase == Phase::Ready)
+                .count();
+            if up >= self.config.processes {
+                if let (Some(ready), Some(jobs)) = (self.ready.take(), &self.jobs) {
+                    let _ = ready.send(Ok(jobs.clone()));
+                }
+            }
+        }
+    }
+
+    /// The first worker's job list becomes the pool's; every later one must match it.
+    fn check_jobs(&mut self, hello: &Hello) -> Result<(), String> {
+        if let Some(jobs) = &self.jobs {
+            if jobs.infos != hello.jobs {
+                return Err("its job list differs from the first worker's (was the \
+                            worker executable rebuilt while the pool ran?)"
+                    .into());
+            }
+            return Ok(());
+        }
+        let table = JobTable::new(hello.jobs.clone())?;
+        if let Some((name, argument)) = &self.config.initializer {
+            let job = table.index(name).ok_or_else(|| {
+                format!("the initializer job `{name}` is not among the worker's jobs")
+            })?;
+            let frame = protocol::frame(&protocol::Request::Init {
+                job,
+                codec: pool_worker::Codec::Bincode,
+                argument: argument.clone().into(),
+            })
+            .map_err(|e| e.to_string())?;
+            self.init_frame = Some(frame.into());
+        }
+        self.jobs = Some(Arc::new(table));
+        Ok(())
+    }
+
+    // ----- workers: I/O -----
+
+    fn flush(&mut self, token: Token) {
+        let Some(conn) = self.workers.get_mut(&token).and_then(|w| w.conn.as_mut()) else {
+            return;
+        };
+        if let Err(e) = conn.flush() {
+            // The worker is gone or going; its exit is attributed when it is reaped.
+            tracing::debug!(error = %e, "write to worker failed");
+            self.close_conn(token, EXIT_GRACE);
+        }
+    }
+
+    fn read(&mut self, token: Token) {
+        loop {
+            let Some(conn) = self.workers.get_mut(&token).and_then(|w| w.conn.as_mut()) else {
+                return;
+            };
+            let end = conn.fill();
+            let mut frames = Vec::new();
+            let mut bad = None;
+            loop {
+                match conn.next_frame() {
+                    Ok(Some(f)) => frames.push(f),
+                    Ok(None) => break,
+                    Err(e) => {
+                        bad = Some(e);
+                        break;
+                    }
+                }
+            }
+            let partial = conn.partial_bytes();
+            for frame in frames {
+                if self.workers.get(&token).is_none_or(|w| w.conn.is_none()) {
+                    return;
+                }
+                self.on_frame(token, &frame);
+            }
+            if let Some(e) = bad {
+                return self.kill(
+                    token,
+                    JobError::Protocol {
+                        message: e.to_string(),
+                    },
+                );
+            }
+            match end {
+                Ok(ReadEnd::More) => continue,
+                Ok(ReadEnd::Open) => return,
+                Ok(ReadEnd::Closed) | Err(_) => {
+                    if partial > 0 {
+                        if let Some(w) = self.workers.get_mut(&token) {
+                            w.fail_with.get_or_insert(JobError::Protocol {
+                                message: format!(
+                                    "stream ended inside a message ({partial} bytes of it arrived)"
+                                ),
+                            });
+                        }
+                    }
+                    return self.close_conn(token, EXIT_GRACE);
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, token: Token, body: &[u8]) {
+        let Some(w) = self.workers.get(&token) else {
+            return;
+        };
+        if let Phase::Starting { .. } = w.phase {
+            return self.on_hello(token, body);
+        }
+        match protocol::decode::<Reply>(body) {
+            Ok(reply) => self.on_reply(token, reply),
+            Err(e) => self.kill(
+                token,
+                JobError::Protocol {
+                    message: e.to_string(),
+                },
+            ),
+        }
+    }
+
+    fn on_reply(&mut self, token: Token, reply: Reply) {
+        let Some(w) = self.workers.get_mut(&token) else {
+            return;
+        };
+        match (reply, w.inflight.front()) {
+            (Reply::InitDone, Some(Inflight::Init)) => {
+                w.inflight.pop_front();
+            }
+            (Reply::InitFailed { message }, Some(Inflight::Init)) => {
+                // `Init` stays at the head: the exit then counts as a start failure.
+                w.fail_with = Some(start_error(format!("the initializer failed: {message}")));
+                // The worker exits after saying so.
+                return self.close_conn(token, EXIT_GRACE);
+            }
+            (Reply::Done { task, outcomes }, Some(Inflight::Task(t)))
+                if t.id == task && t.arguments == outcomes.len() =>
+            {
+                let Some(Inflight::Task(t)) = w.inflight.pop_front() else {
+                    unreachable!()
+                };
+                self.start_failures = 0;
+                tracing::trace!(task, pid = w.pid, "task done");
+                t.resolve(outcomes.into_iter().map(raw_outcome).collect());
+            }
+            (reply, head) => {
+                let expected = match head {
+                    Some(Inflight::Init) => "the initializer's reply".to_owned(),
+                    Some(Inflight::Task(t)) => {
+                        format!("the reply to task {} ({} outcomes)", t.id, t.arguments)
+                    }
+                    None => "nothing".to_owned(),
+                };
+                let got = match reply {
+                    Reply::InitDone | Reply::InitFailed { .. } => "an initializer reply".into(),
+                    Reply::Done { task, outcomes } => {
+                        format!("a reply to task {task} ({} outcomes)", outcomes.len())
+                    }
+                };
+                return self.kill(
+                    token,
+                    JobError::Protocol {
+                        message: format!("worker sent {got} while {expected} was due"),
+                    },
+                );
+            }
+        }
+        self.retire_if_spent(token);
+    }
+
+    fn retire_if_spent(&mut self, token: Token) {
+        let Some(w) = self.workers.get(&token) else {
+            return;
+        };
+        let spent = self
+            .config
+            .max_tasks_per_child
+            .is_some_and(|max| w.dispatched >= max);
+        if spent && w.inflight.is_empty() && w.phase == Phase::Ready {
+            tracing::debug!(pid = w.pid, tasks = w.dispatched, "recycling worker");
+            self.close_conn(token, EXIT_GRACE);
+        }
+    }
+
+    /// Closes the supervisor's end: the worker sees end of stream and exits. The
+    /// process is reaped later; it is SIGKILLed if it is still there after `grace`.
+    fn close_conn(&mut self, token: Token, grace: Duration) {
+        let Some(w) = self.workers.get_mut(&token) else {
+            return;
+        };
+        if let Some(mut conn) = w.conn.take() {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+        if !matches!(w.phase, Phase::Exiting { .. }) {
+            w.phase = Phase::Exiting {
+                kill_at: Instant::now() + grace,
+            };
+        }
+        self.publish_pids();
+    }
+
+    /// Ends a worker now; its running task (or its start) fails with `reason`.
+    fn kill(&mut self, token: Token, reason: JobError) {
+        let Some(w) = self.workers.get_mut(&token) else {
+            return;
+        };
+        tracing::warn!(pid = w.pid, %reason, "killing worker");
+        w.fail_with.get_or_insert(reason);
+        let _ = w.child.kill();
+        self.close_conn(token, Duration::ZERO);
+    }
+
+    // ----- workers: reaping -----
+
+    /// Reaps workers that ended, kills those past their deadline.
+    fn tend(&mut self) {
+        let now = Instant::now();
+        let sweep = now >= self.next_sweep;
+        if sweep {
+            self.next_sweep = now + SWEEP_EVERY;
+        }
+        let tokens: Vec<Token> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| sweep || !matches!(w.phase, Phase::Ready))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            let Some(w) = self.workers.get_mut(&token) else {
+                continue;
+            };
+            match w.child.try_wait() {
+                Ok(Some(status)) => {
+                    // Anything it wrote before dying is still in the socket: take it.
+                    if w.conn.is_some() {
+                        self.read(token);
+                    }
+                    self.on_exit(token, exitcode(status));
+                }
+                Ok(None) => match w.phase {
+                    Phase::Starting { deadline } if now >= deadline => {
+                        let message = format!(
+                            "worker {} did not complete its handshake within {:?} (does \
+                             its main call procpool::init() first thing?)",
+                            w.pid, self.config.start_timeout
+                        );
+                        self.kill(token, start_error(message));
+                    }
+                    Phase::Exiting { kill_at } if now >= kill_at => {
+                        let _ = w.child.kill();
+                    }
+                    _ => {}
+                },
+                Err(e) => {
+                    tracing::error!(pid = w.pid, error = %e, "cannot wait for worker");
+                    self.kill(
+                        token,
+                        JobError::Protocol {
+                            message: e.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_exit(&mut self, token: Token, code: i32) {
+        let Some(mut w) = self.workers.remove(&token) else {
+            return;
+        };
+        if let Some(mut conn) = w.conn.take() {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+        self.publish_pids();
+        let pid = w.pid;
+        let head = w.inflight.pop_front();
+        let starting = !w.handshaken || matches!(head, Some(Inflight::Init));
+        if starting && self.wants_workers() {
+            let message = match w.fail_with.take() {
+                Some(JobError::StartFailed { message }) => message,
+                Some(other) => other.to_string(),
+                None if w.handshaken => format!(
+                    "worker {pid} {} while running the initializer",
+                    describe_exitcode(code)
+                ),
+                None => format!(
+                    "worker {pid} {} before its handshake (does its main call \
+                     procpool::init() first thing?)",
+                    describe_exitcode(code)
+                ),
+            };
+            self.start_failed(message);
+        } else if let Some(Inflight::Task(task)) = head {
+            let error = w.fail_with.take().unwrap_or(JobError::WorkerLost {
+                pid,
+                exitcode: code,
+            });
+            tracing::warn!(pid, exitcode = code, task = task.id, %error, "worker lost with a task");
+            task.fail(error);
+        } else if let Some(error) = w.fail_with.take() {
+            tracing::warn!(pid, %error, "worker ended");
+        } else {
+            tracing::debug!(pid, exitcode = code, "worker exited");
+        }
+        // Tasks queued behind the one that ran never started: they go back in front,
+        // in order, to run elsewhere.
+        for entry in w.inflight.into_iter().rev() {
+            if let Inflight::Task(t) = entry {
+                self.queue.push_front(t);
+            }
+        }
+        if self.broken.is_some() && self.live_workers() == 0 {
+            let message = self.broken.clone().unwrap_or_default();
+            for t in self.queue.drain(..) {
+                t.fail(JobError::StartFailed {
+                    message: message.clone(),
+                });
+            }
+        }
+    }
+
+    // ----- dispatch and shutdown -----
+
+    fn dispatch(&mut self) {
+        let per_worker = self.config.tasks_per_worker;
+        let max_tasks = self.config.max_tasks_per_child;
+        let mut touched = Vec::new();
+        while !self.queue.is_empty() {
+            let Some((&token, w)) = self
+                .workers
+                .iter_mut()
+                .filter(|(_, w)| {
+                    w.phase == Phase::Ready
+                        && w.conn.is_some()
+                        && w.inflight.len() < per_worker
+                        && max_tasks.is_none_or(|m| w.dispatched < m)
+                })
+                .min_by_key(|(_, w)| w.inflight.len())
+            else {
+                break;
+            };
+            let Some(task) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(conn) = w.conn.as_mut() else { break };
+            conn.queue(task.frame.clone());
+            w.dispatched += 1;
+            w.inflight.push_back(Inflight::Task(task));
+            touched.push(token);
+        }
+        touched.dedup();
+        for token in touched {
+            self.flush(token);
+        }
+    }
+
+    fn close_if_drained(&mut self) {
+        if self.phase != PoolPhase::Closing || !self.queue.is_empty() {
+            return;
+        }
+        if self.workers.values().any(|w| !w.inflight.is_empty()) {
+            return;
+        }
+        let open: Vec<Token> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.conn.is_some())
+            .map(|(t, _)| *t)
+            .collect();
+        for token in open {
+            self.close_conn(token, EXIT_GRACE);
+        }
+    }
+
+    /// Fails every pending task with `error`, and ends every worker: SIGTERM now,
+    /// SIGKILL after the grace period.
+    fn begin_terminate(&mut self, error: JobError) {
+        if self.phase == PoolPhase::Terminating {
+            return;
+        }
+        tracing::debug!(%error, "terminating");
+        self.phase = PoolPhase::Terminating;
+        self.shared.set_accepting(Accepting::Closed);
+        for t in self.queue.drain(..) {
+            t.fail(error.clone());
+        }
+        let grace = self.config.terminate_grace;
+        let tokens: Vec<Token> = self.workers.keys().copied().collect();
+        for token in tokens {
+            let Some(w) = self.workers.get_mut(&token) else {
+                continue;
+            };
+            for entry in w.inflight.drain(..) {
+                if let Inflight::Task(t) = entry {
+                    t.fail(error.clone());
+                }
+            }
+            let _ = kill(Pid::from_raw(w.pid as i32), Signal::SIGTERM);
+            self.close_conn(token, grace);
+        }
+    }
+
+    /// The end of the loop, and the backstop if it unwinds: no worker is left
+    /// running or unreaped, no task unresolved.
+    fn kill_all_and_reap(&mut self) {
+        for t in self.queue.drain(..) {
+            t.fail(JobError::Terminated);
+        }
+        for (_, mut w) in self.workers.drain() {
+            for entry in w.inflight.drain(..) {
+                if let Inflight::Task(t) = entry {
+                    t.fail(JobError::Terminated);
+                }
+            }
+            let _ = w.child.kill();
+            let _ = w.child.wait();
+        }
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(Err(Error::WorkerStart {
+                message: "the pool was shut down before its workers were ready".into(),
+            }));
+        }
+    }
+
+    fn publish_pids(&self) {
+        let mut pids: Vec<u32> = self
+            .workers
+            .values()
+            .filter(|w| !matches!(w.phase, Phase::Exiting { .. }))
+            .map(|w| w.pid)
+            .collect();
+        pids.sort_unstable();
+        self.shared.set_pids(pids);
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.kill_all_and_reap();
+        self.shared.set_finished();
+    }
+}
+
+fn start_error(message: String) -> JobError {
+    JobError::StartFailed { message }
+}
+
+fn raw_outcome(outcome: Outcome) -> RawOutcome {
+    match outcome {
+        Outcome::Ok(bytes) => Ok(bytes.into_vec()),
+        Outcome::Failed(message) => Err(JobError::Failed { message }),
+        Outcome::Panicked(message) => Err(JobError::Panicked { message }),
+        Outcome::Codec(message) => Err(JobError::Codec { message }),
+        Outcome::Protocol(message) => Err(JobError::Protocol { message }),
+    }
+}

@@ -1,0 +1,152 @@
+//! Jobs and the registry that lets a worker find one by name.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::codec::Codec;
+use crate::protocol::{JobInfo, Outcome};
+
+/// A function that can run in a worker process.
+///
+/// Implemented by the unit struct that `#[job]` puts in place of a function; call sites
+/// pass that struct (`pool.map(square, ..)`) and only the job's name crosses to the
+/// worker. Write `#[job]` rather than implementing this by hand.
+pub trait Job: Copy + Send + Sync + 'static {
+    /// The argument (a tuple when the function takes several).
+    type Input: Serialize + DeserializeOwned + Send + 'static;
+    /// The value of a successful call.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// The name the registry knows the job by (the function's name unless renamed).
+    const NAME: &'static str;
+    /// Runs the job here, in this process; `Err` carries the job's error as text.
+    fn run(input: Self::Input) -> Result<Self::Output, String>;
+}
+
+/// One registered job, as collected from every `#[job]` linked into the executable.
+pub struct JobEntry {
+    name: &'static str,
+    input_type: fn() -> &'static str,
+    output_type: fn() -> &'static str,
+    call: fn(Codec, &[u8]) -> Outcome,
+}
+
+inventory::collect!(JobEntry);
+
+impl JobEntry {
+    /// The entry for job `J`; `#[job]` submits one of these to the registry.
+    pub const fn of<J: Job>() -> Self {
+        JobEntry {
+            name: J::NAME,
+            input_type: std::any::type_name::<J::Input>,
+            output_type: std::any::type_name::<J::Output>,
+            call: call_job::<J>,
+        }
+    }
+
+    /// The job's registered name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// What the worker announces about this job in its handshake.
+    pub fn info(&self) -> JobInfo {
+        JobInfo {
+            name: self.name.to_owned(),
+            input_type: (self.input_type)().to_owned(),
+            output_type: (self.output_type)().to_owned(),
+        }
+    }
+
+    /// Decodes one argument, runs the job, encodes its result; never panics.
+    pub fn call(&self, codec: Codec, argument: &[u8]) -> Outcome {
+        (self.call)(codec, argument)
+    }
+}
+
+fn call_job<J: Job>(codec: Codec, argument: &[u8]) -> Outcome {
+    let input: J::Input = match codec.decode(argument) {
+        Ok(input) => input,
+        Err(e) => {
+            return Outcome::Codec(format!(
+                "argument of job `{}` does not decode as {}: {e}",
+                J::NAME,
+                std::any::type_name::<J::Input>()
+            ));
+        }
+    };
+    // The job is user code: whatever state it leaves behind after a panic is its own,
+    // and the worker only reports the panic, so asserting unwind safety is sound here.
+    match catch_unwind(AssertUnwindSafe(|| J::run(input))) {
+        Ok(Ok(output)) => match codec.encode(&output) {
+            Ok(bytes) => Outcome::Ok(bytes.into()),
+            Err(e) => Outcome::Codec(format!("result of job `{}` does not encode: {e}", J::NAME)),
+        },
+        Ok(Err(message)) => Outcome::Failed(message),
+        Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
+    }
+}
+
+/// The text of a panic payload (`panic!("..")` gives `&str` or `String`).
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+/// Every job linked into this executable, in name order (the order of the handshake,
+/// so a job's index in it is the number tasks use on the wire).
+pub struct Registry {
+    entries: Vec<&'static JobEntry>,
+    duplicates: Vec<&'static str>,
+}
+
+impl Registry {
+    /// The process-wide registry, built on first use.
+    pub fn global() -> &'static Registry {
+        static REGISTRY: OnceLock<Registry> = OnceLock::new();
+        REGISTRY.get_or_init(|| Registry::from_entries(inventory::iter::<JobEntry>()))
+    }
+
+    fn from_entries(entries: impl IntoIterator<Item = &'static JobEntry>) -> Registry {
+        let mut entries: Vec<&'static JobEntry> = entries.into_iter().collect();
+        entries.sort_by_key(|e| e.name);
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for e in &entries {
+            *seen.entry(e.name).or_default() += 1;
+        }
+        let mut duplicates: Vec<&'static str> = entries
+            .iter()
+            .map(|e| e.name)
+            .filter(|n| seen[n] > 1)
+            .collect();
+        duplicates.dedup();
+        Registry {
+            entries,
+            duplicates,
+        }
+    }
+
+    /// The jobs, in wire order.
+    pub fn entries(&self) -> &[&'static JobEntry] {
+        &self.entries
+    }
+
+    /// The job at wire index `index`.
+    pub fn get(&self, index: u32) -> Option<&'static JobEntry> {
+        self.entries.get(index as usize).copied()
+    }
+
+    /// Names registered more than once (two `#[job]`s with one name): a supervisor
+    /// refuses such a worker, since a name would not say which function runs.
+    pub fn duplicates(&self) -> &[&'static str] {
+        &self.duplicates
+    }
+}

@@ -1,0 +1,42 @@
+//! Everything that runs inside a procpool worker process.
+//!
+//! A worker is an executable that contains registered jobs and, when a supervisor
+//! starts it, serves them: it announces its jobs, then runs the tasks it is sent, one
+//! at a time, in order, until its stream closes. This crate knows nothing about pools;
+//! `pool-core` is the supervisor's side.
+//!
+//! - [`Job`] and [`JobEntry`]: what `#[job]` generates and the registry collects.
+//! - [`Registry`]: every job linked into this executable, in wire order.
+//! - [`protocol`]: the frames and messages on a worker's stream.
+//! - [`serve_if_worker`]: the serve loop; `procpool::init()` calls it.
+//!
+//! A separate worker executable is a `main` that calls [`serve_if_worker`] and links
+//! the crates that define the jobs; this crate's own `pool-worker` binary is that,
+//! with built-in jobs (`square`, `cpu_bound`, `sleep`, ...):
+//!
+//! ```no_run
+//! fn main() {
+//!     pool_worker::serve_if_worker();
+//!     eprintln!("this program is a procpool worker; a supervisor starts it");
+//!     std::process::exit(2);
+//! }
+//! ```
+//!
+//! Panics inside a job are caught and reported as such, so a job must not be built
+//! with `panic = "abort"` if its panics are to be told from crashes.
+
+mod codec;
+mod job;
+pub mod protocol;
+mod serve;
+mod sys;
+
+pub use codec::Codec;
+pub use job::{Job, JobEntry, Registry, panic_message};
+pub use serve::{launched_as_worker, missing_init, serve_if_worker};
+
+/// Used by the code that `#[job]` generates; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+}

@@ -1,0 +1,256 @@
+//! The wire protocol between a supervisor and one worker.
+//!
+//! One persistent stream per worker carries frames: a little-endian `u32` length, then
+//! that many bytes. The worker's first frame is its hello: [`MAGIC`], the protocol
+//! version as a little-endian `u32`, then a bincode [`Hello`]; the version is read
+//! before anything else so a mismatch is reported as one, not as garbage. Every later
+//! frame is a bincode [`Request`] (to the worker) or [`Reply`] (from it).
+//!
+//! A worker answers requests strictly in the order it received them, which is what
+//! lets the supervisor know, without extra messages, which task a worker is running.
+//!
+//! Messages use postcard-like, non-self-describing encoding: no `#[serde(flatten)]`
+//! or `skip_serializing_if` in anything here.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::codec::Codec;
+
+/// Bumped whenever a message here changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The first bytes of every hello frame.
+pub const MAGIC: [u8; 4] = *b"PPW\x01";
+/// Environment variable with the worker's end of its stream (a file descriptor number).
+pub const ENV_WORKER_FD: &str = "PROCPOOL_WORKER_FD";
+/// Environment variable with the supervisor's pid, checked by the worker at start.
+pub const ENV_SUPERVISOR_PID: &str = "PROCPOOL_SUPERVISOR_PID";
+/// The largest frame either side accepts unless configured otherwise (1 GiB).
+pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
+
+/// A job as a worker announces it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// Registered name.
+    pub name: String,
+    /// `std::any::type_name` of the argument type.
+    pub input_type: String,
+    /// `std::any::type_name` of the result type.
+    pub output_type: String,
+}
+
+/// The worker's handshake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The worker's process id.
+    pub pid: u32,
+    /// Its jobs, in wire order.
+    pub jobs: Vec<JobInfo>,
+}
+
+/// Supervisor to worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Run the pool's initializer before any task.
+    Init {
+        job: u32,
+        codec: Codec,
+        argument: ByteBuf,
+    },
+    /// Run `job` on each argument, in order; answered by one [`Reply::Done`].
+    Run {
+        task: u64,
+        job: u32,
+        codec: Codec,
+        arguments: Vec<ByteBuf>,
+    },
+}
+
+/// Worker to supervisor.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// The initializer returned `Ok`.
+    InitDone,
+    /// The initializer failed; the worker exits after sending this.
+    InitFailed { message: String },
+    /// One outcome per argument of task `task`, in order.
+    Done { task: u64, outcomes: Vec<Outcome> },
+}
+
+/// What became of one argument.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The encoded result.
+    Ok(ByteBuf),
+    /// The job returned `Err` with this text.
+    Failed(String),
+    /// The job panicked with this message.
+    Panicked(String),
+    /// The argument did not decode or the result did not encode.
+    Codec(String),
+    /// The worker could not make sense of the request (unknown job index).
+    Protocol(String),
+}
+
+/// Why a frame could not be read or understood.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("frame of {len} bytes is larger than the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("hello does not start with the procpool magic bytes")]
+    BadMagic,
+    #[error("worker speaks protocol version {theirs}, this supervisor speaks {ours}")]
+    Version { ours: u32, theirs: u32 },
+    #[error("malformed message: {0}")]
+    Decode(String),
+    #[error("message does not encode: {0}")]
+    Encode(String),
+}
+
+/// Encodes `message` as one complete frame (length prefix included).
+pub fn frame<M: Serialize>(message: &M) -> Result<Vec<u8>, ProtocolError> {
+    let mut buf = vec![0u8; 4];
+    bincode::serde::encode_into_std_write(message, &mut buf, bincode::config::standard())
+        .map_err(|e| ProtocolError::Encode(e.to_string()))?;
+    seal(buf)
+}
+
+/// The hello frame for `hello`.
+pub fn hello_frame(hello: &Hello) -> Result<Vec<u8>, ProtocolError> {
+    let mut buf = vec![0u8; 4];
+    buf.extend_from_slice(&MAGIC);
+    buf.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    bincode::serde::encode_into_std_write(hello, &mut buf, bincode::config::standard())
+        .map_err(|e| ProtocolError::Encode(e.to_string()))?;
+    seal(buf)
+}
+
+/// Writes the body length into the first four bytes of `buf`.
+fn seal(mut buf: Vec<u8>) -> Result<Vec<u8>, ProtocolError> {
+    let len = buf.len() - 4;
+    let len32 = u32::try_from(len).map_err(|_| ProtocolError::TooLarge {
+        len,
+        max: u32::MAX as usize,
+    })?;
+    buf[..4].copy_from_slice(&len32.to_le_bytes());
+    Ok(buf)
+}
+
+/// Decodes a frame body (without its length prefix) as message `M`.
+pub fn decode<M: serde::de::DeserializeOwned>(body: &[u8]) -> Result<M, ProtocolError> {
+    let (message, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map_err(|e| ProtocolError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(ProtocolError::Decode(format!(
+            "{} trailing bytes",
+            body.len() - used
+        )));
+    }
+    Ok(message)
+}
+
+/// Decodes a hello frame body, checking magic and version first.
+pub fn decode_hello(body: &[u8]) -> Result<Hello, ProtocolError> {
+    if body.len() < 8 || body[..4] != MAGIC {
+        return Err(ProtocolError::BadMagic);
+    }
+    let theirs = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+    if theirs != PROTOCOL_VERSION {
+        return Err(ProtocolError::Version {
+            ours: PROTOCOL_VERSION,
+            theirs,
+        });
+    }
+    decode(&body[8..])
+}
+
+/// Reads one frame body from a blocking stream; `Ok(None)` at a clean end of stream.
+pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, ProtocolError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(ProtocolError::TooLarge { len, max });
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(Some(body))
+}
+
+/// Writes a complete frame to a blocking stream.
+pub fn write_frame(w: &mut impl Write, frame: &[u8]) -> io::Result<()> {
+    w.write_all(frame)?;
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trips_and_checks_version() {
+        let hello = Hello {
+            pid: 42,
+            jobs: vec![JobInfo {
+                name: "square".into(),
+                input_type: "u64".into(),
+                output_type: "u64".into(),
+            }],
+        };
+        let f = hello_frame(&hello).unwrap();
+        let body = read_frame(&mut &f[..], DEFAULT_MAX_FRAME).unwrap().unwrap();
+        assert_eq!(decode_hello(&body).unwrap(), hello);
+
+        let mut wrong = body.clone();
+        wrong[4..8].copy_from_slice(&99u32.to_le_bytes());
+        assert!(matches!(
+            decode_hello(&wrong),
+            Err(ProtocolError::Version { theirs: 99, .. })
+        ));
+        assert!(matches!(
+            decode_hello(b"garbage!!"),
+            Err(ProtocolError::BadMagic)
+        ));
+    }
+
+    #[test]
+    fn oversized_and_truncated_frames_are_errors() {
+        let mut f = frame(&Reply::InitDone).unwrap();
+        f[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            read_frame(&mut &f[..], 1024),
+            Err(ProtocolError::TooLarge { .. })
+        ));
+        let f = frame(&Reply::Done {
+            task: 1,
+            outcomes: vec![Outcome::Failed("x".into())],
+        })
+        .unwrap();
+        assert!(read_frame(&mut &f[..f.len() - 1], 1024).is_err());
+    }
+
+    #[test]
+    fn hostile_length_inside_a_message_does_not_allocate_it() {
+        // A Done whose outcome vector claims 2^60 entries in a 20-byte body.
+        let mut body = Vec::new();
+        bincode::serde::encode_into_std_write(&2u32, &mut body, bincode::config::standard())
+            .unwrap(); // variant index of Done
+        bincode::serde::encode_into_std_write(&7u64, &mut body, bincode::config::standard())
+            .unwrap();
+        bincode::serde::encode_into_std_write(
+            &(1u64 << 60),
+            &mut body,
+            bincode::config::standard(),
+        )
+        .unwrap();
+        assert!(decode::<Reply>(&body).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! The worker's side: announce the jobs, then run requests until the stream ends.
+
+use std::io::{self, BufReader};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::job::Registry;
+use crate::protocol::{
+    self, DEFAULT_MAX_FRAME, ENV_SUPERVISOR_PID, ENV_WORKER_FD, Hello, Outcome, ProtocolError,
+    Reply, Request,
+};
+use crate::sys;
+
+/// True while a job runs; the watchdog only ends the process then (when idle, the
+/// serve loop sees the end of stream itself and exits cleanly).
+static BUSY: AtomicBool = AtomicBool::new(false);
+/// Set once this process has started serving, so a pool built by a job is allowed.
+static SERVING: AtomicBool = AtomicBool::new(false);
+
+/// Whether a supervisor started this process as a worker (its environment says so).
+pub fn launched_as_worker() -> bool {
+    std::env::var_os(ENV_WORKER_FD).is_some()
+}
+
+/// True in a process that a supervisor started as a worker but that builds a pool
+/// instead of serving: its `main` did not call `procpool::init()` first. Building a
+/// pool there would start workers that start workers, without end.
+pub fn missing_init() -> bool {
+    launched_as_worker() && !SERVING.load(Ordering::SeqCst)
+}
+
+/// If a supervisor started this process as a worker, serve jobs and exit; otherwise
+/// return at once. `procpool::init()` calls this first thing in `main`.
+pub fn serve_if_worker() {
+    let Some(fd) = std::env::var_os(ENV_WORKER_FD) else {
+        return;
+    };
+    SERVING.store(true, Ordering::SeqCst);
+    let code = match serve(&fd.to_string_lossy()) {
+        Ok(()) => 0,
+        Err(e) => {
+            // A worker has no channel left to report on: stderr is all there is.
+            eprintln!("procpool worker {}: {e}", std::process::id());
+            2
+        }
+    };
+    std::process::exit(code)
+}
+
+fn serve(fd: &str) -> Result<(), ProtocolError> {
+    sys::ignore_sigint();
+    let fd: i32 = fd
+        .parse()
+        .map_err(|_| io::Error::other(format!("{ENV_WORKER_FD}={fd:?} is not a number")))?;
+    check_supervisor_alive()?;
+    let stream = sys::adopt_stream(fd)?;
+    let watchdog = stream.try_clone()?;
+    std::thread::Builder::new()
+        .name("procpool-watchdog".into())
+        .spawn(move || watch_supervisor(&watchdog))?;
+
+    let registry = Registry::global();
+    let hello = Hello {
+        pid: std::process::id(),
+        jobs: registry.entries().iter().map(|e| e.info()).collect(),
+    };
+    let mut writer = stream.try_clone()?;
+    protocol::write_frame(&mut writer, &protocol::hello_frame(&hello)?)?;
+
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    while let Some(body) = protocol::read_frame(&mut reader, DEFAULT_MAX_FRAME)? {
+        let reply = match protocol::decode::<Request>(&body)? {
+            Request::Init {
+                job,
+                codec,
+                argument,
+            } => match registry
+                .get(job)
+                .map(|e| run_busy(|| e.call(codec, &argument)))
+            {
+                Some(Outcome::Ok(_)) => Reply::InitDone,
+                Some(other) => Reply::InitFailed {
+                    message: describe(&other),
+                },
+                None => Reply::InitFailed {
+                    message: format!("no job with index {job}"),
+                },
+            },
+            Request::Run {
+                task,
+                job,
+                codec,
+                arguments,
+            } => {
+                let outcomes = match registry.get(job) {
+                    Some(entry) => run_busy(|| {
+                        arguments
+                            .iter()
+                            .map(|a| entry.call(codec, a))
+                            .collect::<Vec<_>>()
+                    }),
+                    None => {
+                        vec![Outcome::Protocol(format!("no job with index {job}")); arguments.len()]
+                    }
+                };
+                Reply::Done { task, outcomes }
+            }
+        };
+        let failed_init = matches!(reply, Reply::InitFailed { .. });
+        match protocol::write_frame(&mut writer, &protocol::frame(&reply)?) {
+            Ok(()) => {}
+            // The supervisor is gone or has dropped us: nobody is left to answer.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        if failed_init {
+            std::process::exit(1);
+        }
+    }
+    Ok(())
+}
+
+fn run_busy<R>(f: impl FnOnce() -> R) -> R {
+    BUSY.store(true, Ordering::SeqCst);
+    let r = f();
+    BUSY.store(false, Ordering::SeqCst);
+    r
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Ok(_) => "ok".into(),
+        Outcome::Failed(m) => format!("returned an error: {m}"),
+        Outcome::Panicked(m) => format!("panicked: {m}"),
+        Outcome::Codec(m) | Outcome::Protocol(m) => m.clone(),
+    }
+}
+
+/// The supervisor's pid is in the environment; if our parent is no longer that
+/// process, the supervisor died before we got here and PR_SET_PDEATHSIG cannot help.
+fn check_supervisor_alive() -> io::Result<()> {
+    let Some(expected) = std::env::var(ENV_SUPERVISOR_PID)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    let parent = nix::unistd::getppid().as_raw();
+    if parent != expected {
+        return Err(io::Error::other(format!(
+            "supervisor {expected} is gone (parent is now {parent})"
+        )));
+    }
+    Ok(())
+}
+
+/// Backs PR_SET_PDEATHSIG: when the supervisor's end of the stream closes while a job
+/// runs, end the process; nobody is left to take the result.
+fn watch_supervisor(stream: &UnixStream) {
+    loop {
+        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {
+                let hung_up = fds[0].revents().is_some_and(|r| {
+                    r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+                });
+                if hung_up {
+                    while !BUSY.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    std::process::exit(0);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! procpool runs Rust functions in a pool of worker **processes**: Python's
+//! `multiprocessing.Pool`, done the Rust way. A job that segfaults, aborts, leaks or
+//! hangs takes down one worker, never the caller; every task you submit resolves
+//! exactly once, with its value or a typed [`JobError`]; no worker outlives its pool.
+//!
+//! ```no_run
+//! #[procpool::job]
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! fn main() -> Result<(), procpool::Error> {
+//!     procpool::init();                                   // a worker serves here and exits
+//!     let pool = procpool::Pool::builder().processes(4).build()?;
+//!     let v: Vec<u64> = pool.map(square, 0..10_000)?;     // ordered, blocking
+//!     let r = pool.apply_async(square, 12)?;              // AsyncResult<u64>
+//!     assert_eq!(r.get_timeout(std::time::Duration::from_secs(5))?, 144);
+//!     assert_eq!(v[3], 9);
+//!     pool.close();
+//!     pool.join()?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Jobs
+//!
+//! `#[job]` turns a function into a job: the function stays callable in-process
+//! (`square(3)`), and its name becomes a typed handle (`pool.map(square, ..)`), so
+//! argument and result types are checked at compile time and only the job's name
+//! crosses to the worker. A job takes one argument (several become a tuple) and
+//! returns `T` or `Result<T, E: Display>`; arguments and results are serde types.
+//!
+//! # Workers
+//!
+//! By default a pool starts workers by executing the current program again; in the
+//! worker, [`init`] serves jobs and exits, so call it first thing in `main`. A
+//! separate worker program (any `main` that calls [`init`] and links the same jobs)
+//! is chosen with [`PoolBuilder::worker_executable`]; the `pool-worker` crate's binary
+//! is one, with built-in jobs. In a test binary, where the harness owns `main`,
+//! invoke [`test_harness!`] once at the crate root instead.
+//!
+//! # Errors
+//!
+//! A task's error is a [`JobError`]: `Failed` (the job returned `Err`), `Panicked`
+//! (caught; the worker lives on), `WorkerLost { pid, exitcode }` (the worker died:
+//! `exitcode` is `-9` for SIGKILL, `-11` for a segfault, `3` for `exit(3)`),
+//! `Terminated`, `PoolClosed`, `UnknownJob`, `Codec`, `Protocol`, `StartFailed`, ...
+//! A pool operation's error is an [`Error`], which a `JobError` converts into, so `?`
+//! works on both in one function.
+//!
+//! # Crates
+//!
+//! This facade re-exports `pool-core` (the supervisor), `pool-worker` (what runs in a
+//! worker) and `pool-macros` (`#[job]`).
+
+pub use pool_core::{
+    AsyncResult, Error, Imap, JobError, Pool, PoolBuilder, default_chunksize, describe_exitcode,
+};
+pub use pool_macros::job;
+pub use pool_worker::{Job, JobEntry};
+
+/// Serves jobs and exits if this process was started as a worker; returns at once
+/// otherwise. Call it first thing in `main`, before anything with side effects.
+pub fn init() {
+    pool_worker::serve_if_worker();
+}
+
+/// Makes a test binary usable as its own worker executable.
+///
+/// A test harness owns `main`, so [`init`] cannot run first. Invoke this macro once at
+/// the root of the test crate: it defines an ignored test that serves as the worker
+/// entry, and pools built in this binary start it with the arguments that run only
+/// that test. (Its standard output is discarded: the harness prints there.)
+///
+/// ```ignore
+/// procpool::test_harness!();
+///
+/// #[procpool::job]
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// #[test]
+/// fn squares_in_workers() {
+///     let pool = procpool::Pool::builder().processes(2).build().unwrap();
+///     assert_eq!(pool.map(square, 0..4).unwrap(), vec![0, 1, 4, 9]);
+/// }
+/// ```
+#[macro_export]
+macro_rules! test_harness {
+    () => {
+        #[test]
+        #[ignore = "procpool worker entry: runs only when a pool starts this binary"]
+        fn __procpool_worker_entry() {
+            $crate::init();
+        }
+
+        $crate::__private::inventory::submit! {
+            $crate::__private::TestHarness { module_path: ::core::module_path!() }
+        }
+    };
+}
+
+/// Used by `#[job]` and [`test_harness!`]; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+    pub use pool_core::TestHarness;
+}
