@@ -17,7 +17,7 @@ use serde_bytes::ByteBuf;
 use crate::error::{Error, JobError};
 use crate::imap::Imap;
 use crate::launch::LaunchSpec;
-use crate::result::{AsyncResult, CollectSink, OneSink, Sink, Slot};
+use crate::result::{AsyncResult, CollectSink, Finish, OneSink, Sink, Slot};
 use crate::supervisor::{Command, Supervisor, Task, WAKER};
 
 /// Everything the supervisor needs to know, fixed at `build()`.
@@ -83,7 +83,7 @@ impl Default for PoolBuilder {
             start_timeout: Duration::from_secs(30),
             terminate_grace: Duration::from_secs(1),
             max_message_size: DEFAULT_MAX_FRAME,
-            tasks_per_worker: 2,
+            tasks_per_worker: 1,
             max_start_failures: 5,
         }
     }
@@ -146,8 +146,12 @@ impl PoolBuilder {
         self
     }
 
-    /// Tasks sent ahead to each worker (the running one included), so a worker never
-    /// waits for its next task. Default: 2.
+    /// Most tasks in flight per worker (the running one included). A task sent ahead
+    /// hides the round trip between two short tasks, but it is committed to that
+    /// worker: behind a long task it waits while another worker may sit idle. So it
+    /// is sent only while the worker's tasks are short (under 5 ms), and the default
+    /// is 1 (no sending ahead; `map`'s chunking already amortises the round trip).
+    /// Raise it for streams of tiny tasks with chunk size 1. Default: 1.
     pub fn tasks_per_worker(mut self, n: usize) -> Self {
         self.tasks_per_worker = n;
         self
@@ -557,7 +561,7 @@ impl Pool {
     /// lost to one failure.
     pub fn map_results<J, I>(
         &self,
-        _job: J,
+        job: J,
         inputs: I,
     ) -> Result<Vec<Result<J::Output, JobError>>, JobError>
     where
@@ -566,6 +570,22 @@ impl Pool {
     {
         let inputs: Vec<J::Input> = inputs.into_iter().collect();
         let chunksize = default_chunksize(inputs.len(), self.processes);
+        self.map_results_chunked(job, inputs, chunksize)
+    }
+
+    /// [`map_results`](Self::map_results) with an explicit chunk size. A worker that
+    /// dies takes its whole chunk with it, so chunk size 1 isolates every input.
+    pub fn map_results_chunked<J, I>(
+        &self,
+        _job: J,
+        inputs: I,
+        chunksize: usize,
+    ) -> Result<Vec<Result<J::Output, JobError>>, JobError>
+    where
+        J: Job,
+        I: IntoIterator<Item = J::Input>,
+    {
+        let inputs: Vec<J::Input> = inputs.into_iter().collect();
         self.submit_collect::<J, _>(inputs, chunksize, Ok)?.get()
     }
 
@@ -617,7 +637,7 @@ impl Pool {
         &self,
         inputs: Vec<J::Input>,
         chunksize: usize,
-        finish: fn(Vec<Result<J::Output, JobError>>) -> Result<U, JobError>,
+        finish: Finish<J::Output, U>,
     ) -> Result<AsyncResult<U>, JobError> {
         let index = self.jobs.resolve::<J>()?;
         let slot = Slot::new();

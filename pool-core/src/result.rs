@@ -20,6 +20,10 @@ use crate::error::JobError;
 
 /// One argument's raw outcome: the encoded result, or why there is none.
 pub(crate) type RawOutcome = Result<Vec<u8>, JobError>;
+/// Decoded outcomes, one per argument, in input order.
+pub(crate) type Outcomes<T> = Vec<Result<T, JobError>>;
+/// Turns a whole submission's outcomes into its final value (`map`: the first error).
+pub(crate) type Finish<T, U> = fn(Outcomes<T>) -> Result<U, JobError>;
 
 /// Receives the outcomes of the tasks of one submission (one `part` per task).
 pub(crate) trait Sink: Send + Sync {
@@ -319,20 +323,24 @@ impl<T: DeserializeOwned + Send + 'static> Sink for OneSink<T> {
 /// Sink of a chunked submission that completes one slot when every part is in
 /// (`map_async`, `map`, `map_results`), in input order.
 pub(crate) struct CollectSink<T, U> {
-    parts: Mutex<(Vec<Option<Vec<Result<T, JobError>>>>, usize)>,
-    finish: fn(Vec<Result<T, JobError>>) -> Result<U, JobError>,
+    parts: Mutex<Parts<T>>,
+    finish: Finish<T, U>,
     slot: Arc<Slot<U>>,
     _t: PhantomData<fn() -> T>,
 }
 
+struct Parts<T> {
+    parts: Vec<Option<Outcomes<T>>>,
+    remaining: usize,
+}
+
 impl<T, U> CollectSink<T, U> {
-    pub fn new(
-        parts: usize,
-        finish: fn(Vec<Result<T, JobError>>) -> Result<U, JobError>,
-        slot: Arc<Slot<U>>,
-    ) -> Self {
+    pub fn new(parts: usize, finish: Finish<T, U>, slot: Arc<Slot<U>>) -> Self {
         CollectSink {
-            parts: Mutex::new(((0..parts).map(|_| None).collect(), parts)),
+            parts: Mutex::new(Parts {
+                parts: (0..parts).map(|_| None).collect(),
+                remaining: parts,
+            }),
             finish,
             slot,
             _t: PhantomData,
@@ -346,10 +354,10 @@ where
     U: Send + 'static,
 {
     fn deliver(&self, part: usize, outcomes: Vec<RawOutcome>) {
-        let decoded: Vec<Result<T, JobError>> = outcomes.into_iter().map(decode).collect();
+        let decoded: Outcomes<T> = outcomes.into_iter().map(decode).collect();
         let all = {
             let mut guard = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-            let (parts, remaining) = &mut *guard;
+            let Parts { parts, remaining } = &mut *guard;
             match parts.get_mut(part) {
                 Some(p @ None) => {
                     *p = Some(decoded);
@@ -371,7 +379,7 @@ where
 }
 
 /// Sink of a streaming submission (`imap`): each part goes down a channel.
-pub(crate) struct StreamSink<T>(pub crossbeam_channel::Sender<(usize, Vec<Result<T, JobError>>)>);
+pub(crate) struct StreamSink<T>(pub crossbeam_channel::Sender<(usize, Outcomes<T>)>);
 
 impl<T: DeserializeOwned + Send + 'static> Sink for StreamSink<T> {
     fn deliver(&self, part: usize, outcomes: Vec<RawOutcome>) {

@@ -37,6 +37,10 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// How often a worker known to be exiting is checked.
 const REAP_EVERY: Duration = Duration::from_millis(2);
+/// A worker is sent tasks ahead only while its tasks take less than this: for short
+/// tasks a task waiting in the socket hides the round trip, for long ones it would
+/// only wait behind the running task while another worker sits idle.
+const PIPELINE_BELOW: Duration = Duration::from_millis(5);
 
 /// One unit of work on the wire: a chunk of arguments for one job.
 pub(crate) struct Task {
@@ -93,6 +97,11 @@ struct Worker {
     dispatched: usize,
     /// Whether its hello arrived and was accepted.
     handshaken: bool,
+    /// When the task at the head of `inflight` started (requests run in order, so it
+    /// started when it was sent to an idle worker or when the one before it ended).
+    head_started: Instant,
+    /// How long its last task ran.
+    last_task: Option<Duration>,
     /// Why the supervisor ended this worker on purpose; its running task gets this
     /// error instead of `WorkerLost`.
     fail_with: Option<JobError>,
@@ -301,6 +310,8 @@ impl Supervisor {
                 inflight: VecDeque::new(),
                 dispatched: 0,
                 handshaken: false,
+                head_started: Instant::now(),
+                last_task: None,
                 fail_with: None,
             },
         );
@@ -483,6 +494,7 @@ impl Supervisor {
         match (reply, w.inflight.front()) {
             (Reply::InitDone, Some(Inflight::Init)) => {
                 w.inflight.pop_front();
+                w.head_started = Instant::now();
             }
             (Reply::InitFailed { message }, Some(Inflight::Init)) => {
                 // `Init` stays at the head: the exit then counts as a start failure.
@@ -497,7 +509,11 @@ impl Supervisor {
                     unreachable!()
                 };
                 self.start_failures = 0;
-                tracing::trace!(task, pid = w.pid, "task done");
+                let now = Instant::now();
+                let ran = now.saturating_duration_since(w.head_started);
+                w.last_task = Some(ran);
+                w.head_started = now;
+                tracing::trace!(task, pid = w.pid, ?ran, "task done");
                 t.resolve(outcomes.into_iter().map(raw_outcome).collect());
             }
             (reply, head) => {
@@ -687,9 +703,14 @@ impl Supervisor {
                 .workers
                 .iter_mut()
                 .filter(|(_, w)| {
+                    let room = if w.last_task.is_some_and(|d| d < PIPELINE_BELOW) {
+                        per_worker
+                    } else {
+                        1
+                    };
                     w.phase == Phase::Ready
                         && w.conn.is_some()
-                        && w.inflight.len() < per_worker
+                        && w.inflight.len() < room
                         && max_tasks.is_none_or(|m| w.dispatched < m)
                 })
                 .min_by_key(|(_, w)| w.inflight.len())
@@ -700,6 +721,9 @@ impl Supervisor {
                 break;
             };
             let Some(conn) = w.conn.as_mut() else { break };
+            if w.inflight.is_empty() {
+                w.head_started = Instant::now();
+            }
             conn.queue(task.frame.clone());
             w.dispatched += 1;
             w.inflight.push_back(Inflight::Task(task));

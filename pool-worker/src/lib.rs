@@ -10,16 +10,14 @@
 //! - [`protocol`]: the frames and messages on a worker's stream.
 //! - [`serve_if_worker`]: the serve loop; `procpool::init()` calls it.
 //!
-//! A separate worker executable is a `main` that calls [`serve_if_worker`] and links
-//! the crates that define the jobs; this crate's own `pool-worker` binary is that,
-//! with built-in jobs (`square`, `cpu_bound`, `sleep`, ...):
+//! A separate worker executable links the crates that define the jobs, and its `main`
+//! is this; this crate's own `pool-worker` binary is that, with built-in jobs
+//! (`square`, `cpu_bound`, `sleep`, ...):
 //!
 //! ```no_run
-//! fn main() {
-//!     pool_worker::serve_if_worker();
-//!     eprintln!("this program is a procpool worker; a supervisor starts it");
-//!     std::process::exit(2);
-//! }
+//! pool_worker::serve_if_worker(); // serves, then exits, when a supervisor started us
+//! eprintln!("this program is a procpool worker; a supervisor starts it");
+//! std::process::exit(2);
 //! ```
 //!
 //! Panics inside a job are caught and reported as such, so a job must not be built

@@ -241,16 +241,10 @@ mod tests {
     fn hostile_length_inside_a_message_does_not_allocate_it() {
         // A Done whose outcome vector claims 2^60 entries in a 20-byte body.
         let mut body = Vec::new();
-        bincode::serde::encode_into_std_write(&2u32, &mut body, bincode::config::standard())
-            .unwrap(); // variant index of Done
-        bincode::serde::encode_into_std_write(&7u64, &mut body, bincode::config::standard())
-            .unwrap();
-        bincode::serde::encode_into_std_write(
-            &(1u64 << 60),
-            &mut body,
-            bincode::config::standard(),
-        )
-        .unwrap();
+        let cfg = bincode::config::standard();
+        bincode::serde::encode_into_std_write(2u32, &mut body, cfg).unwrap(); // Done
+        bincode::serde::encode_into_std_write(7u64, &mut body, cfg).unwrap(); // task
+        bincode::serde::encode_into_std_write(1u64 << 60, &mut body, cfg).unwrap(); // len
         assert!(decode::<Reply>(&body).is_err());
     }
 }

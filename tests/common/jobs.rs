@@ -1,0 +1,99 @@
+//! Jobs shared by the integration tests.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use procpool::job;
+use serde::{Deserialize, Serialize};
+
+#[job]
+pub fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Sleeps, then returns its argument.
+#[job]
+pub fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// The pid of the worker that ran it.
+#[job]
+pub fn worker_pid() -> u32 {
+    std::process::id()
+}
+
+/// Fails for multiples of 3 with a message naming the input.
+#[job]
+pub fn fail_on_threes(x: u64) -> Result<u64, String> {
+    if x % 3 == 0 {
+        Err(format!("{x} is a multiple of three"))
+    } else {
+        Ok(x)
+    }
+}
+
+/// Several arguments: the macro makes them one tuple.
+#[job]
+pub fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+/// Ways for a job to end its worker, each with a known `multiprocessing` exitcode.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Crash {
+    Abort,
+    Segfault,
+    Exit(i32),
+    Panic,
+    None,
+}
+
+/// Crashes the way it is told to; `Crash::None` returns 7.
+#[job]
+pub fn crash(how: Crash) -> u64 {
+    match how {
+        Crash::Abort => std::process::abort(),
+        Crash::Segfault => {
+            // A real invalid memory access, as a buggy C library would make: the dangling
+            // pointer is address 8, in the never-mapped first page, so this faults.
+            // SAFETY: deliberately unsound; the worker is meant to die of it.
+            let v = unsafe { std::ptr::read_volatile(std::ptr::dangling::<u64>()) };
+            std::hint::black_box(v)
+        }
+        Crash::Exit(code) => std::process::exit(code),
+        Crash::Panic => panic!("deliberate panic in a job"),
+        Crash::None => 7,
+    }
+}
+
+static INITIALIZED: AtomicU32 = AtomicU32::new(0);
+
+/// An initializer: counts its runs in this worker and remembers the argument.
+#[job]
+pub fn count_init(tag: u32) {
+    INITIALIZED.fetch_add(tag, Ordering::SeqCst);
+}
+
+/// How many times `count_init` ran in this worker (with tag 1).
+#[job]
+pub fn init_runs() -> u32 {
+    INITIALIZED.load(Ordering::SeqCst)
+}
+
+/// An initializer that always fails.
+#[job]
+pub fn failing_init() -> Result<(), String> {
+    Err("no database here".into())
+}
+
+/// Writes `<dir>/<pid>` so a test knows the task has started in that worker, then
+/// sleeps; returns the pid.
+#[job]
+pub fn mark_and_sleep(dir: String, ms: u64) -> Result<u32, String> {
+    let pid = std::process::id();
+    std::fs::write(format!("{dir}/{pid}"), b"started").map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(pid)
+}

@@ -1,0 +1,140 @@
+//! Process helpers shared by the integration tests: building pools, checking that
+//! workers are gone and reaped, finding the workspace's binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use procpool::Pool;
+
+/// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn pool(processes: usize) -> Pool {
+    Pool::builder()
+        .processes(processes)
+        .build()
+        .expect("a pool of test workers starts")
+}
+
+/// Whether `pid` names a running process (not gone, not a zombie).
+pub fn is_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Whether `pid` is a zombie child of this process (exited, never reaped).
+pub fn is_our_zombie(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+    state == Some("Z") && ppid == Some(std::process::id())
+}
+
+/// Waits up to `PATIENCE` for `cond`; true if it came true.
+pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+/// Asserts that none of `pids` is running, nor left as our zombie.
+pub fn assert_gone(pids: &[u32]) {
+    for &pid in pids {
+        assert!(!is_running(pid), "worker {pid} is still running");
+        assert!(!is_our_zombie(pid), "worker {pid} was left a zombie");
+    }
+}
+
+/// Closes the pool, waits for it, and checks that every worker it had is gone.
+pub fn close_and_check(pool: Pool) {
+    let pids = pool.worker_pids();
+    pool.close();
+    assert_eq!(pool.join_timeout(PATIENCE).ok(), Some(true), "pool joins");
+    assert_gone(&pids);
+}
+
+/// Path of a binary of this workspace (`bin`, or an example when `example` is
+/// true), building it first if this test run has not.
+pub fn workspace_binary(name: &str, example: bool) -> PathBuf {
+    // target/<profile>/deps/<test binary>
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    let path = if example {
+        profile_dir.join("examples").join(name)
+    } else {
+        profile_dir.join(name)
+    };
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.arg("build").arg("--quiet");
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        if example {
+            cmd.args(["--example", name]);
+        } else {
+            cmd.args(["-p", "pool-worker", "--bin", name]);
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "building {name} failed");
+    }
+    path
+}
+
+/// A fresh, empty directory under the target directory for one test's marker files.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .expect("deps dir")
+        .join("procpool-scratch")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Waits for the first marker file in `dir` and returns the pid it names.
+pub fn first_marker(dir: &Path) -> u32 {
+    let mut found = None;
+    assert!(
+        eventually(|| {
+            found = std::fs::read_dir(dir)
+                .ok()
+                .and_then(|mut entries| entries.next())
+                .and_then(|e| e.ok())
+                .and_then(|e| e.file_name().to_str().and_then(|n| n.parse().ok()));
+            found.is_some()
+        }),
+        "no task started"
+    );
+    found.unwrap_or_default()
+}
+
+/// Sends `signal` to `pid`.
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("kill");
+}

@@ -1,0 +1,307 @@
+//! What a caller sees of a healthy pool: results, order, errors, streaming, callbacks,
+//! futures, initializers and recycling. Every test runs real worker processes.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use common::*;
+use procpool::{JobError, Pool};
+
+procpool::test_harness!();
+
+#[test]
+fn map_returns_results_in_input_order() {
+    let pool = pool(3);
+    let got = pool.map(square, 0..10_000).unwrap();
+    let want: Vec<u64> = (0..10_000u64).map(|x| x * x).collect();
+    assert_eq!(got, want);
+    assert_eq!(pool.map(square, Vec::new()).unwrap(), Vec::<u64>::new());
+    close_and_check(pool);
+}
+
+#[test]
+fn the_job_is_still_a_plain_function_here() {
+    assert_eq!(square(12), 144);
+    assert_eq!(add(2, 3), 5);
+}
+
+#[test]
+fn apply_and_apply_async_run_in_workers() {
+    let pool = pool(2);
+    assert_eq!(pool.apply(add, (40, 2)).unwrap(), 42);
+    let r = pool.apply_async(square, 12).unwrap();
+    assert_eq!(r.get_timeout(PATIENCE).unwrap(), 144);
+    assert_eq!(r.successful(), Some(true));
+    assert_eq!(r.get_timeout(PATIENCE), Err(JobError::ResultTaken));
+
+    let pid = pool.apply(worker_pid, ()).unwrap();
+    assert_ne!(pid, std::process::id());
+    assert!(pool.worker_pids().contains(&pid));
+    close_and_check(pool);
+}
+
+#[test]
+fn a_timed_wait_returns_on_time_and_the_task_still_finishes() {
+    let pool = pool(1);
+    let r = pool.apply_async(sleep_ms, 500).unwrap();
+    assert!(matches!(
+        r.get_timeout(Duration::from_millis(10)),
+        Err(JobError::WaitTimeout { .. })
+    ));
+    assert!(!r.ready());
+    assert_eq!(r.successful(), None);
+    assert!(r.wait_timeout(PATIENCE));
+    assert_eq!(r.get().unwrap(), 500);
+    close_and_check(pool);
+}
+
+#[test]
+fn a_job_error_is_failed_with_its_message_and_map_reports_the_first_in_order() {
+    let pool = pool(2);
+    assert_eq!(
+        pool.apply(fail_on_threes, 9),
+        Err(JobError::Failed {
+            message: "9 is a multiple of three".into()
+        })
+    );
+    // Inputs 3 and 6 fail; map's error is the first in input order, as in Python.
+    let err = pool
+        .map_chunked(fail_on_threes, [1, 2, 6, 4, 3], 1)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        JobError::Failed {
+            message: "6 is a multiple of three".into()
+        }
+    );
+    // map_results keeps every outcome.
+    let all = pool.map_results(fail_on_threes, 1..=6).unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[0], Ok(1));
+    assert!(matches!(&all[2], Err(JobError::Failed { message }) if message.starts_with('3')));
+    assert_eq!(all.iter().filter(|r| r.is_ok()).count(), 4);
+    close_and_check(pool);
+}
+
+#[test]
+fn a_panic_is_reported_and_the_worker_lives_on() {
+    let pool = pool(1);
+    let before = pool.worker_pids();
+    assert_eq!(
+        pool.apply(crash, Crash::Panic),
+        Err(JobError::Panicked {
+            message: "deliberate panic in a job".into()
+        })
+    );
+    assert_eq!(pool.apply(crash, Crash::None), Ok(7));
+    assert_eq!(pool.worker_pids(), before, "the same worker served both");
+    close_and_check(pool);
+}
+
+#[test]
+fn imap_yields_in_order_and_imap_unordered_as_tasks_finish() {
+    let pool = pool(2);
+    let ordered: Vec<u64> = pool
+        .imap(square, 0..200)
+        .chunksize(7)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ordered, (0..200u64).map(|x| x * x).collect::<Vec<_>>());
+
+    // The slow input comes first; unordered yields the quick ones before it.
+    let inputs = [1500, 0, 0, 0, 0, 0];
+    let unordered: Vec<u64> = pool
+        .imap_unordered(sleep_ms, inputs)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(unordered.len(), inputs.len());
+    assert_eq!(unordered.last(), Some(&1500));
+    let mut sorted = unordered.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, vec![0, 0, 0, 0, 0, 1500]);
+    close_and_check(pool);
+}
+
+#[test]
+fn imap_reads_an_endless_input_lazily() {
+    let pool = pool(2);
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let endless = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let first: Vec<u64> = pool
+        .imap(square, endless)
+        .chunksize(4)
+        .max_in_flight(3)
+        .take(100)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(first, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+    // 100 taken, plus at most 3 tasks of 4 read ahead.
+    let read = pulled.load(Ordering::SeqCst);
+    assert!(read <= 100 + 3 * 4, "read {read} inputs for 100 results");
+    close_and_check(pool);
+}
+
+#[test]
+fn a_panicking_callback_does_not_stop_other_results() {
+    let pool = pool(2);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let results: Vec<_> = (0..20u64)
+        .map(|i| {
+            let r = pool.apply_async(square, i).unwrap();
+            let seen = seen.clone();
+            r.on_complete(move |v| {
+                if i % 5 == 0 {
+                    panic!("callback {i} panics");
+                }
+                seen.lock().unwrap().push(*v.as_ref().unwrap());
+            });
+            r
+        })
+        .collect();
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.get().unwrap(), (i * i) as u64);
+    }
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    let want: Vec<u64> = (0..20u64).filter(|i| i % 5 != 0).map(|i| i * i).collect();
+    assert_eq!(seen, want);
+    // A callback added after completion runs at once, here.
+    let r = pool.apply_async(square, 3).unwrap();
+    r.wait();
+    let got = Arc::new(Mutex::new(None));
+    let g = got.clone();
+    r.on_complete(move |v| *g.lock().unwrap() = Some(v.clone()));
+    assert_eq!(*got.lock().unwrap(), Some(Ok(9)));
+    close_and_check(pool);
+}
+
+/// The smallest executor: poll on the current thread, park until woken.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn an_async_result_can_be_awaited_from_any_executor() {
+    let pool = pool(2);
+    let a = pool.apply_async(sleep_ms, 200).unwrap();
+    let b = pool.map_async(square, 0..10).unwrap();
+    let (x, v) = block_on(async { (a.await, b.await) });
+    assert_eq!(x.unwrap(), 200);
+    assert_eq!(v.unwrap()[9], 81);
+    close_and_check(pool);
+}
+
+#[test]
+fn the_initializer_runs_once_in_each_worker_before_its_tasks() {
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(count_init, 1)
+        .build()
+        .unwrap();
+    let runs = pool.map_chunked(init_runs, vec![(); 40], 1).unwrap();
+    assert!(
+        runs.iter().all(|&n| n == 1),
+        "initializer runs per task: {runs:?}"
+    );
+    close_and_check(pool);
+}
+
+#[test]
+fn max_tasks_per_child_recycles_workers_and_keeps_the_size() {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_tasks_per_child(2)
+        .build()
+        .unwrap();
+    let mut pids = Vec::new();
+    for _ in 0..6 {
+        pids.push(pool.apply(worker_pid, ()).unwrap());
+    }
+    let mut distinct = pids.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "two tasks per worker: {pids:?}");
+    assert!(eventually(|| pool.worker_pids().len() == 1));
+    let retired: Vec<u32> = distinct[..2].to_vec();
+    assert!(eventually(|| retired.iter().all(|&p| !is_running(p))));
+    assert_gone(&retired);
+    close_and_check(pool);
+}
+
+#[test]
+fn an_unknown_job_is_refused_at_submit() {
+    // The pool-worker executable has `square(u64) -> u64` but not `add`.
+    let worker = workspace_binary("pool-worker", false);
+    let pool = Pool::builder()
+        .processes(1)
+        .worker_executable(&worker)
+        .build()
+        .unwrap();
+    match pool.apply_async(add, (1, 2)) {
+        Err(JobError::UnknownJob { name, .. }) => assert_eq!(name, "add"),
+        other => panic!("expected UnknownJob, got {other:?}"),
+    }
+    close_and_check(pool);
+}
+
+#[test]
+fn a_separate_worker_executable_runs_its_own_jobs() {
+    let worker = workspace_binary("pool-worker", false);
+    let pool = Pool::builder()
+        .processes(2)
+        .worker_executable(&worker)
+        .build()
+        .unwrap();
+    assert!(pool.job_names().contains(&"cpu_bound".to_owned()));
+    // The handle is ours; the code that runs is pool-worker's built-in `square`,
+    // which reports an overflow as an error where ours would panic.
+    assert_eq!(pool.map(square, 0..100).unwrap()[99], 9801);
+    match pool.apply(square, u64::MAX) {
+        Err(JobError::Failed { message }) => assert!(message.contains("overflows"), "{message}"),
+        other => panic!("expected the built-in's error, got {other:?}"),
+    }
+    close_and_check(pool);
+}
+
+#[test]
+fn submitting_after_close_is_pool_closed_and_join_needs_close() {
+    let pool = pool(1);
+    assert!(matches!(pool.join(), Err(procpool::Error::StillRunning)));
+    let pending = pool.apply_async(sleep_ms, 300).unwrap();
+    pool.close();
+    assert_eq!(
+        pool.apply_async(square, 2).err(),
+        Some(JobError::PoolClosed)
+    );
+    pool.join().unwrap();
+    // Work submitted before close still completed.
+    assert_eq!(pending.get(), Ok(300));
+}
+
+#[test]
+fn chunksize_defaults_like_python() {
+    assert_eq!(procpool::default_chunksize(10_000, 4), 625);
+    assert_eq!(procpool::default_chunksize(10_001, 4), 626);
+    assert_eq!(procpool::default_chunksize(10, 4), 1);
+    assert_eq!(procpool::default_chunksize(0, 4), 1);
+}
