@@ -97,7 +97,7 @@ impl<'a, J: Job> Imap<'a, J> {
             let sent = self
                 .pool
                 .resolve::<J>()
-                .and_then(|index| self.pool.task(index, &chunk, sink, part))
+                .and_then(|index| self.pool.task(index, J::NAME, &chunk, sink, part))
                 .and_then(|task| self.pool.submit(vec![task]));
             match sent {
                 Ok(()) => self.in_flight += 1,

@@ -539,6 +539,7 @@ impl Pool {
         let slot = Slot::new();
         let task = self.task(
             index,
+            J::NAME,
             std::slice::from_ref(&argument),
             Arc::new(OneSink(slot.clone())),
             0,
@@ -654,7 +655,7 @@ impl Pool {
         let tasks = chunks
             .into_iter()
             .enumerate()
-            .map(|(part, chunk)| self.task(index, chunk, sink.clone(), part))
+            .map(|(part, chunk)| self.task(index, J::NAME, chunk, sink.clone(), part))
             .collect::<Result<Vec<_>, _>>()?;
         self.shared.send(Command::Submit(tasks))?;
         Ok(AsyncResult::new(slot))
@@ -690,6 +691,7 @@ impl Pool {
     pub(crate) fn task<T: serde::Serialize>(
         &self,
         index: u32,
+        job_name: &'static str,
         arguments: &[T],
         sink: Arc<dyn Sink>,
         part: usize,
@@ -726,6 +728,7 @@ impl Pool {
             arguments: arguments.len(),
             sink,
             part,
+            span: tracing::debug_span!("task", id, job = job_name),
         })
     }
 

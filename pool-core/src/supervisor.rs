@@ -50,10 +50,17 @@ pub(crate) struct Task {
     pub arguments: usize,
     pub sink: Arc<dyn Sink>,
     pub part: usize,
+    /// `task` span (id, job), entered wherever the supervisor acts on the task.
+    pub span: tracing::Span,
 }
 
 impl Task {
     fn resolve(self, outcomes: Vec<RawOutcome>) {
+        let _task = self.span.enter();
+        tracing::trace!(
+            failed = outcomes.iter().filter(|o| o.is_err()).count(),
+            "resolved"
+        );
         self.sink.deliver(self.part, outcomes);
     }
 
@@ -105,6 +112,8 @@ struct Worker {
     /// Why the supervisor ended this worker on purpose; its running task gets this
     /// error instead of `WorkerLost`.
     fail_with: Option<JobError>,
+    /// `worker` span (pid), entered while the supervisor handles this worker.
+    span: tracing::Span,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,7 +306,8 @@ impl Supervisor {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         let pid = launched.child.id();
-        tracing::debug!(pid, "worker started");
+        let span = tracing::info_span!("worker", pid);
+        span.in_scope(|| tracing::debug!("worker started"));
         self.workers.insert(
             token,
             Worker {
@@ -313,6 +323,7 @@ impl Supervisor {
                 head_started: Instant::now(),
                 last_task: None,
                 fail_with: None,
+                span,
             },
         );
         self.publish_pids();
@@ -418,6 +429,10 @@ impl Supervisor {
     }
 
     fn read(&mut self, token: Token) {
+        let Some(span) = self.workers.get(&token).map(|w| w.span.clone()) else {
+            return;
+        };
+        let _worker = span.enter();
         loop {
             let Some(conn) = self.workers.get_mut(&token).and_then(|w| w.conn.as_mut()) else {
                 return;
@@ -577,7 +592,8 @@ impl Supervisor {
         let Some(w) = self.workers.get_mut(&token) else {
             return;
         };
-        tracing::warn!(pid = w.pid, %reason, "killing worker");
+        w.span
+            .in_scope(|| tracing::warn!(%reason, "killing worker"));
         w.fail_with.get_or_insert(reason);
         let _ = w.child.kill();
         self.close_conn(token, Duration::ZERO);
@@ -641,6 +657,8 @@ impl Supervisor {
         let Some(mut w) = self.workers.remove(&token) else {
             return;
         };
+        let span = w.span.clone();
+        let _worker = span.enter();
         if let Some(mut conn) = w.conn.take() {
             let _ = self.poll.registry().deregister(&mut conn.stream);
         }
