@@ -52,7 +52,8 @@
 //! worker) and `pool-macros` (`#[job]`).
 
 pub use pool_core::{
-    AsyncResult, Error, Imap, JobError, Pool, PoolBuilder, default_chunksize, describe_exitcode,
+    AsyncResult, Codec, Error, Imap, JobError, JobInfo, Pool, PoolBuilder, TaskOptions,
+    WithPositions, default_chunksize, describe_exitcode,
 };
 pub use pool_macros::job;
 pub use pool_worker::{Job, JobEntry};

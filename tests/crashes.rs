@@ -30,7 +30,8 @@ fn killed_worker_fails_only_its_task() {
         lost,
         vec![&JobError::WorkerLost {
             pid: victim,
-            exitcode: -9
+            exitcode: -9,
+            attempts: 1,
         }],
         "exactly the killed worker's task fails"
     );
@@ -67,9 +68,24 @@ fn abort_segfault_and_exit_each_fail_one_task_with_their_exitcode() {
         match (input, result) {
             (Crash::None, Ok(7)) => {}
             (Crash::Panic, Err(JobError::Panicked { .. })) => {}
-            (Crash::Abort, Err(JobError::WorkerLost { pid, exitcode: -6 }))
-            | (Crash::Segfault, Err(JobError::WorkerLost { pid, exitcode: -11 }))
-            | (Crash::Exit(3), Err(JobError::WorkerLost { pid, exitcode: 3 })) => {
+            (
+                Crash::Abort,
+                Err(JobError::WorkerLost {
+                    pid, exitcode: -6, ..
+                }),
+            )
+            | (
+                Crash::Segfault,
+                Err(JobError::WorkerLost {
+                    pid, exitcode: -11, ..
+                }),
+            )
+            | (
+                Crash::Exit(3),
+                Err(JobError::WorkerLost {
+                    pid, exitcode: 3, ..
+                }),
+            ) => {
                 assert!(dead.insert(*pid), "each crash took its own worker");
             }
             other => panic!("unexpected outcome {other:?}"),

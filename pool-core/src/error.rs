@@ -15,10 +15,20 @@ pub enum JobError {
     Panicked { message: String },
     /// The worker process died while running the task (signal, abort, `exit`, OOM).
     /// `exitcode` follows `multiprocessing`: `>0` exit status, `<0` minus the signal.
-    #[error("worker {pid} was lost while running the task: {}", describe_exitcode(*.exitcode))]
-    WorkerLost { pid: u32, exitcode: i32 },
+    /// `pid` and `exitcode` are the last worker's; `attempts` counts the runs lost
+    /// (1 unless retries were configured).
+    #[error(
+        "worker {pid} was lost while running the task: {}{}",
+        describe_exitcode(*.exitcode),
+        if *.attempts > 1 { format!(" (after {} attempts)", .attempts) } else { String::new() }
+    )]
+    WorkerLost {
+        pid: u32,
+        exitcode: i32,
+        attempts: u32,
+    },
     /// The task ran past its time limit; its worker was killed and replaced.
-    #[error("task ran past its time limit; its worker was killed")]
+    #[error("task ran past its time limit; its worker was killed and replaced")]
     Timeout,
     /// The task was cancelled before it started.
     #[error("task was cancelled before it started")]
@@ -59,6 +69,41 @@ pub fn describe_exitcode(exitcode: i32) -> String {
         format!("killed by {name} (exitcode {exitcode})")
     } else {
         format!("exited with status {exitcode}")
+    }
+}
+
+/// Per-task settings: a time limit and retries. The pool's builder sets the defaults;
+/// the `*_with` methods and [`Imap`](crate::Imap) override them per call.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = procpool::TaskOptions::default()
+///     .timeout(Duration::from_secs(30))
+///     .retries(2);
+/// assert_eq!(options.retries, 2);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOptions {
+    /// Longest a task may run (from when its worker starts it); past it, the task
+    /// resolves [`JobError::Timeout`] and its worker is killed and replaced. A chunk
+    /// of `map` is one task. `None`: no limit.
+    pub timeout: Option<Duration>,
+    /// How many times to re-run a task whose worker was lost (crash, kill, exit).
+    /// A task that returned `Err`, panicked or timed out is never re-run.
+    pub retries: u32,
+}
+
+impl TaskOptions {
+    /// Sets the time limit.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Sets the number of retries after a lost worker.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
     }
 }
 

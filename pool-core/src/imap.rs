@@ -1,18 +1,23 @@
-//! Lazy, streaming `imap` / `imap_unordered`.
+//! Lazy, streaming `imap` / `imap_unordered` / `imap_encoded`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
-use pool_worker::Job;
+use serde_bytes::ByteBuf;
 
+use crate::TaskOptions;
 use crate::error::JobError;
-use crate::pool::Pool;
-use crate::result::StreamSink;
+use crate::pool::{Pool, TaskSpec};
+use crate::result::{Outcomes, RawOutcome, StreamSink};
 
-type Part<T> = (usize, Vec<Result<T, JobError>>);
+/// Turns one chunk of inputs into wire arguments.
+pub(crate) type Encode<I> = fn(Vec<I>) -> Result<Vec<ByteBuf>, JobError>;
+/// Turns one raw outcome into the caller's value.
+pub(crate) type Decode<O> = fn(RawOutcome) -> Result<O, JobError>;
 
-/// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`].
+/// The iterator of [`Pool::imap`], [`Pool::imap_unordered`] and
+/// [`Pool::imap_encoded`].
 ///
 /// Inputs are read on this thread, only as results are taken, with at most
 /// [`max_in_flight`](Imap::max_in_flight) tasks submitted and not yet yielded: memory
@@ -28,35 +33,44 @@ type Part<T> = (usize, Vec<Result<T, JobError>>);
 /// }
 /// # Ok(()) }
 /// ```
-pub struct Imap<'a, J: Job> {
+pub struct Imap<'a, I, O> {
     pool: &'a Pool,
-    inputs: Box<dyn Iterator<Item = J::Input> + 'a>,
+    spec: Result<TaskSpec, JobError>,
+    encode: Encode<I>,
+    decode: Decode<O>,
+    inputs: Box<dyn Iterator<Item = I> + 'a>,
     ordered: bool,
     chunksize: usize,
     max_in_flight: usize,
-    tx: Sender<Part<J::Output>>,
-    rx: Receiver<Part<J::Output>>,
+    tx: Sender<(usize, Outcomes<O>)>,
+    rx: Receiver<(usize, Outcomes<O>)>,
     /// Parts submitted so far (the next part's number).
     submitted: usize,
     /// Parts submitted and not yet received.
     in_flight: usize,
     exhausted: bool,
     /// Ordered mode: parts received ahead of their turn.
-    early: BTreeMap<usize, Vec<Result<J::Output, JobError>>>,
+    early: BTreeMap<usize, Outcomes<O>>,
     next_part: usize,
-    ready: VecDeque<Result<J::Output, JobError>>,
+    /// Results ready to yield, with their input positions.
+    ready: VecDeque<(usize, Result<O, JobError>)>,
 }
 
-impl<'a, J: Job> Imap<'a, J> {
+impl<'a, I: 'a, O: Send + 'static> Imap<'a, I, O> {
     pub(crate) fn new(
         pool: &'a Pool,
-        _job: J,
-        inputs: Box<dyn Iterator<Item = J::Input> + 'a>,
+        spec: Result<TaskSpec, JobError>,
+        inputs: Box<dyn Iterator<Item = I> + 'a>,
         ordered: bool,
+        encode: Encode<I>,
+        decode: Decode<O>,
     ) -> Self {
         let (tx, rx) = crossbeam_channel::unbounded();
         Imap {
             pool,
+            spec,
+            encode,
+            decode,
             inputs,
             ordered,
             chunksize: 1,
@@ -84,46 +98,68 @@ impl<'a, J: Job> Imap<'a, J> {
         self
     }
 
+    /// This stream's time limit and retries, instead of the pool's defaults.
+    pub fn options(mut self, options: TaskOptions) -> Self {
+        if let Ok(spec) = &mut self.spec {
+            spec.options = options;
+        }
+        self
+    }
+
+    /// Yields each result with the position of its input (0-based).
+    pub fn with_positions(self) -> WithPositions<'a, I, O> {
+        WithPositions(self)
+    }
+
     fn top_up(&mut self) {
         while !self.exhausted && self.in_flight < self.max_in_flight {
-            let chunk: Vec<J::Input> = self.inputs.by_ref().take(self.chunksize).collect();
+            let chunk: Vec<I> = self.inputs.by_ref().take(self.chunksize).collect();
             if chunk.is_empty() {
                 self.exhausted = true;
                 return;
             }
             let part = self.submitted;
             self.submitted += 1;
-            let sink = Arc::new(StreamSink(self.tx.clone()));
+            let count = chunk.len();
+            let sink = Arc::new(StreamSink {
+                tx: self.tx.clone(),
+                decode: self.decode,
+            });
             let sent = self
-                .pool
-                .resolve::<J>()
-                .and_then(|index| self.pool.task(index, J::NAME, &chunk, sink, part))
+                .spec
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|spec| {
+                    let arguments = (self.encode)(chunk)?;
+                    self.pool.task(spec, arguments, sink, part)
+                })
                 .and_then(|task| self.pool.submit(vec![task]));
             match sent {
                 Ok(()) => self.in_flight += 1,
                 // These inputs will not run: each yields the reason, in its place.
-                Err(e) => self.accept((part, chunk.iter().map(|_| Err(e.clone())).collect())),
+                Err(e) => self.accept(part, (0..count).map(|_| Err(e.clone())).collect()),
             }
         }
     }
 
-    fn accept(&mut self, (part, results): Part<J::Output>) {
+    fn accept(&mut self, part: usize, results: Outcomes<O>) {
+        let first = part * self.chunksize;
+        let positioned = results.into_iter().enumerate().map(|(i, r)| (first + i, r));
         if !self.ordered {
-            self.ready.extend(results);
+            self.ready.extend(positioned);
             return;
         }
-        self.early.insert(part, results);
+        self.early
+            .insert(part, positioned.map(|(_, r)| r).collect());
         while let Some(results) = self.early.remove(&self.next_part) {
-            self.ready.extend(results);
+            let first = self.next_part * self.chunksize;
+            self.ready
+                .extend(results.into_iter().enumerate().map(|(i, r)| (first + i, r)));
             self.next_part += 1;
         }
     }
-}
 
-impl<J: Job> Iterator for Imap<'_, J> {
-    type Item = Result<J::Output, JobError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    fn next_positioned(&mut self) -> Option<(usize, Result<O, JobError>)> {
         loop {
             if let Some(r) = self.ready.pop_front() {
                 return Some(r);
@@ -137,9 +173,28 @@ impl<J: Job> Iterator for Imap<'_, J> {
             }
             // Every submitted task resolves (the pool guarantees it, terminate
             // included), and `tx` lives in `self`, so this wait ends.
-            let part = self.rx.recv().ok()?;
+            let (part, results) = self.rx.recv().ok()?;
             self.in_flight -= 1;
-            self.accept(part);
+            self.accept(part, results);
         }
+    }
+}
+
+impl<'a, I: 'a, O: Send + 'static> Iterator for Imap<'a, I, O> {
+    type Item = Result<O, JobError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_positioned().map(|(_, r)| r)
+    }
+}
+
+/// [`Imap`] yielding `(input position, result)`; see [`Imap::with_positions`].
+pub struct WithPositions<'a, I, O>(Imap<'a, I, O>);
+
+impl<'a, I: 'a, O: Send + 'static> Iterator for WithPositions<'a, I, O> {
+    type Item = (usize, Result<O, JobError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next_positioned()
     }
 }

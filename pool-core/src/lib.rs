@@ -27,7 +27,8 @@ mod result;
 mod supervisor;
 mod sys;
 
-pub use error::{Error, JobError, describe_exitcode};
-pub use imap::Imap;
-pub use pool::{Pool, PoolBuilder, TEST_ENTRY, TestHarness, default_chunksize};
+pub use error::{Error, JobError, TaskOptions, describe_exitcode};
+pub use imap::{Imap, WithPositions};
+pub use pool::{JobInfo, Pool, PoolBuilder, TEST_ENTRY, TestHarness, default_chunksize};
+pub use pool_worker::Codec;
 pub use result::AsyncResult;

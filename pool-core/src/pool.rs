@@ -10,14 +10,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use pool_worker::protocol::{self, DEFAULT_MAX_FRAME, JobInfo, Request};
+pub use pool_worker::protocol::JobInfo;
+use pool_worker::protocol::{self, DEFAULT_MAX_FRAME, Request};
 use pool_worker::{Codec, Job};
 use serde_bytes::ByteBuf;
 
-use crate::error::{Error, JobError};
+use crate::error::{Error, JobError, TaskOptions};
 use crate::imap::Imap;
 use crate::launch::LaunchSpec;
-use crate::result::{AsyncResult, CollectSink, Finish, OneSink, Sink, Slot};
+use crate::result::{AsyncResult, CollectSink, Finish, OneSink, RawOutcome, Sink, Slot, decode};
 use crate::supervisor::{Command, Supervisor, Task, WAKER};
 
 /// Everything the supervisor needs to know, fixed at `build()`.
@@ -70,6 +71,7 @@ pub struct PoolBuilder {
     max_message_size: usize,
     tasks_per_worker: usize,
     max_start_failures: u32,
+    task_options: TaskOptions,
 }
 
 impl Default for PoolBuilder {
@@ -85,6 +87,7 @@ impl Default for PoolBuilder {
             max_message_size: DEFAULT_MAX_FRAME,
             tasks_per_worker: 1,
             max_start_failures: 5,
+            task_options: TaskOptions::default(),
         }
     }
 }
@@ -161,6 +164,19 @@ impl PoolBuilder {
     /// fails what is queued with [`JobError::StartFailed`]. Default: 5.
     pub fn max_start_failures(mut self, n: u32) -> Self {
         self.max_start_failures = n;
+        self
+    }
+
+    /// Default time limit of every task; see [`TaskOptions::timeout`]. Default: none.
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.task_options.timeout = Some(limit);
+        self
+    }
+
+    /// Default retries of a task whose worker was lost; see [`TaskOptions::retries`].
+    /// Default: 0.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.task_options.retries = n;
         self
     }
 
@@ -241,6 +257,7 @@ impl PoolBuilder {
             jobs,
             processes,
             max_message_size: config.max_message_size,
+            options: self.task_options,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -485,6 +502,7 @@ pub struct Pool {
     jobs: Arc<JobTable>,
     processes: usize,
     max_message_size: usize,
+    options: TaskOptions,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -495,6 +513,44 @@ impl std::fmt::Debug for Pool {
             .field("worker_pids", &self.worker_pids())
             .finish()
     }
+}
+
+/// Which job a submission runs, how its arguments are encoded, and its options.
+pub(crate) struct TaskSpec {
+    pub index: u32,
+    pub name: String,
+    pub codec: Codec,
+    pub options: TaskOptions,
+}
+
+impl TaskSpec {
+    fn typed<J: Job>(index: u32, options: TaskOptions) -> TaskSpec {
+        TaskSpec {
+            index,
+            name: J::NAME.to_owned(),
+            codec: Codec::Bincode,
+            options,
+        }
+    }
+}
+
+/// Encodes typed arguments for the wire.
+pub(crate) fn encode_all<T: serde::Serialize>(arguments: &[T]) -> Result<Vec<ByteBuf>, JobError> {
+    arguments
+        .iter()
+        .map(|a| Codec::Bincode.encode(a).map(ByteBuf::from))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| JobError::Codec {
+            message: format!("argument does not encode: {message}"),
+        })
+}
+
+fn encode_owned(arguments: Vec<Vec<u8>>) -> Result<Vec<ByteBuf>, JobError> {
+    Ok(arguments.into_iter().map(ByteBuf::from).collect())
+}
+
+fn raw(outcome: RawOutcome) -> Result<Vec<u8>, JobError> {
+    outcome
 }
 
 /// Python's default chunk size for `map`: `len / (4 * processes)`, rounded up.
@@ -532,15 +588,24 @@ impl Pool {
     /// Fails at once with `UnknownJob`, `Codec` or `PoolClosed`.
     pub fn apply_async<J: Job>(
         &self,
+        job: J,
+        argument: J::Input,
+    ) -> Result<AsyncResult<J::Output>, JobError> {
+        self.apply_async_with(job, argument, self.options)
+    }
+
+    /// [`apply_async`](Self::apply_async) with this call's own time limit and retries.
+    pub fn apply_async_with<J: Job>(
+        &self,
         _job: J,
         argument: J::Input,
+        options: TaskOptions,
     ) -> Result<AsyncResult<J::Output>, JobError> {
         let index = self.jobs.resolve::<J>()?;
         let slot = Slot::new();
         let task = self.task(
-            index,
-            J::NAME,
-            std::slice::from_ref(&argument),
+            &TaskSpec::typed::<J>(index, options),
+            encode_all(std::slice::from_ref(&argument))?,
             Arc::new(OneSink(slot.clone())),
             0,
         )?;
@@ -587,7 +652,8 @@ impl Pool {
         I: IntoIterator<Item = J::Input>,
     {
         let inputs: Vec<J::Input> = inputs.into_iter().collect();
-        self.submit_collect::<J, _>(inputs, chunksize, Ok)?.get()
+        self.submit_collect::<J, _>(inputs, chunksize, self.options, Ok)?
+            .get()
     }
 
     /// [`map`](Self::map) without waiting.
@@ -622,7 +688,7 @@ impl Pool {
     /// [`map_async`](Self::map_async) with an explicit chunk size.
     pub fn map_async_chunked<J, I>(
         &self,
-        _job: J,
+        job: J,
         inputs: I,
         chunksize: usize,
     ) -> Result<AsyncResult<Vec<J::Output>>, JobError>
@@ -630,14 +696,31 @@ impl Pool {
         J: Job,
         I: IntoIterator<Item = J::Input>,
     {
+        self.map_async_with(job, inputs, chunksize, self.options)
+    }
+
+    /// [`map_async_chunked`](Self::map_async_chunked) with this call's own time limit
+    /// and retries (per chunk: a chunk is one task).
+    pub fn map_async_with<J, I>(
+        &self,
+        _job: J,
+        inputs: I,
+        chunksize: usize,
+        options: TaskOptions,
+    ) -> Result<AsyncResult<Vec<J::Output>>, JobError>
+    where
+        J: Job,
+        I: IntoIterator<Item = J::Input>,
+    {
         let inputs: Vec<J::Input> = inputs.into_iter().collect();
-        self.submit_collect::<J, _>(inputs, chunksize, |all| all.into_iter().collect())
+        self.submit_collect::<J, _>(inputs, chunksize, options, |all| all.into_iter().collect())
     }
 
     fn submit_collect<J: Job, U: Send + 'static>(
         &self,
         inputs: Vec<J::Input>,
         chunksize: usize,
+        options: TaskOptions,
         finish: Finish<J::Output, U>,
     ) -> Result<AsyncResult<U>, JobError> {
         let index = self.jobs.resolve::<J>()?;
@@ -652,10 +735,11 @@ impl Pool {
             finish,
             slot.clone(),
         ));
+        let spec = TaskSpec::typed::<J>(index, options);
         let tasks = chunks
             .into_iter()
             .enumerate()
-            .map(|(part, chunk)| self.task(index, J::NAME, chunk, sink.clone(), part))
+            .map(|(part, chunk)| self.task(&spec, encode_all(chunk)?, sink.clone(), part))
             .collect::<Result<Vec<_>, _>>()?;
         self.shared.send(Command::Submit(tasks))?;
         Ok(AsyncResult::new(slot))
@@ -664,51 +748,108 @@ impl Pool {
     /// Streams `job` over `inputs` in input order, reading the inputs lazily with a
     /// bounded number of tasks in flight, so an endless iterator runs in constant
     /// memory. Chunk size 1 unless set with [`Imap::chunksize`].
-    pub fn imap<'a, J, I>(&'a self, job: J, inputs: I) -> Imap<'a, J>
+    pub fn imap<'a, J, I>(&'a self, job: J, inputs: I) -> Imap<'a, J::Input, J::Output>
     where
         J: Job,
         I: IntoIterator<Item = J::Input>,
         I::IntoIter: 'a,
     {
-        Imap::new(self, job, Box::new(inputs.into_iter()), true)
+        self.typed_imap(job, inputs, true)
     }
 
     /// Like [`imap`](Self::imap) but yields results as they finish.
-    pub fn imap_unordered<'a, J, I>(&'a self, job: J, inputs: I) -> Imap<'a, J>
+    pub fn imap_unordered<'a, J, I>(&'a self, job: J, inputs: I) -> Imap<'a, J::Input, J::Output>
     where
         J: Job,
         I: IntoIterator<Item = J::Input>,
         I::IntoIter: 'a,
     {
-        Imap::new(self, job, Box::new(inputs.into_iter()), false)
+        self.typed_imap(job, inputs, false)
     }
 
-    pub(crate) fn resolve<J: Job>(&self) -> Result<u32, JobError> {
-        self.jobs.resolve::<J>()
+    fn typed_imap<'a, J, I>(
+        &'a self,
+        _job: J,
+        inputs: I,
+        ordered: bool,
+    ) -> Imap<'a, J::Input, J::Output>
+    where
+        J: Job,
+        I: IntoIterator<Item = J::Input>,
+        I::IntoIter: 'a,
+    {
+        let spec = self
+            .jobs
+            .resolve::<J>()
+            .map(|index| TaskSpec::typed::<J>(index, self.options));
+        Imap::new(
+            self,
+            spec,
+            Box::new(inputs.into_iter()),
+            ordered,
+            |chunk| encode_all(&chunk),
+            decode,
+        )
     }
 
-    /// Encodes one task: the arguments of `part` of a submission, for job `index`.
-    pub(crate) fn task<T: serde::Serialize>(
+    /// Streams a job chosen by name over arguments already encoded with `codec`,
+    /// yielding each result's encoded bytes, without knowing the job's Rust types.
+    /// This is how the `procpool` command runs JSON lines; Rust callers want
+    /// [`imap`](Self::imap). `ordered: false` yields results as they finish; pair them
+    /// with their inputs through [`Imap::with_positions`].
+    pub fn imap_encoded<'a, I>(
+        &'a self,
+        job: &str,
+        codec: Codec,
+        arguments: I,
+        ordered: bool,
+    ) -> Imap<'a, Vec<u8>, Vec<u8>>
+    where
+        I: IntoIterator<Item = Vec<u8>>,
+        I::IntoIter: 'a,
+    {
+        let spec = match self.jobs.index(job) {
+            Some(index) => Ok(TaskSpec {
+                index,
+                name: job.to_owned(),
+                codec,
+                options: self.options,
+            }),
+            None => Err(JobError::UnknownJob {
+                name: job.to_owned(),
+                detail: String::new(),
+            }),
+        };
+        Imap::new(
+            self,
+            spec,
+            Box::new(arguments.into_iter()),
+            ordered,
+            encode_owned,
+            raw,
+        )
+    }
+
+    /// The jobs the workers offer: names and argument and result type names.
+    pub fn jobs(&self) -> &[JobInfo] {
+        &self.jobs.infos
+    }
+
+    /// One task: the encoded arguments of `part` of a submission.
+    pub(crate) fn task(
         &self,
-        index: u32,
-        job_name: &'static str,
-        arguments: &[T],
+        spec: &TaskSpec,
+        arguments: Vec<ByteBuf>,
         sink: Arc<dyn Sink>,
         part: usize,
     ) -> Result<Task, JobError> {
         let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
-        let encoded = arguments
-            .iter()
-            .map(|a| Codec::Bincode.encode(a).map(ByteBuf::from))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|message| JobError::Codec {
-                message: format!("argument does not encode: {message}"),
-            })?;
+        let count = arguments.len();
         let frame = protocol::frame(&Request::Run {
             task: id,
-            job: index,
-            codec: Codec::Bincode,
-            arguments: encoded,
+            job: spec.index,
+            codec: spec.codec,
+            arguments,
         })
         .map_err(|e| JobError::Codec {
             message: e.to_string(),
@@ -725,10 +866,12 @@ impl Pool {
         Ok(Task {
             id,
             frame: frame.into(),
-            arguments: arguments.len(),
+            arguments: count,
             sink,
             part,
-            span: tracing::debug_span!("task", id, job = job_name),
+            span: tracing::debug_span!("task", id, job = %spec.name),
+            options: spec.options,
+            lost_runs: 0,
         })
     }
 

@@ -379,13 +379,15 @@ where
 }
 
 /// Sink of a streaming submission (`imap`): each part goes down a channel.
-pub(crate) struct StreamSink<T>(pub crossbeam_channel::Sender<(usize, Outcomes<T>)>);
+pub(crate) struct StreamSink<T> {
+    pub tx: crossbeam_channel::Sender<(usize, Outcomes<T>)>,
+    pub decode: fn(RawOutcome) -> Result<T, JobError>,
+}
 
-impl<T: DeserializeOwned + Send + 'static> Sink for StreamSink<T> {
+impl<T: Send + 'static> Sink for StreamSink<T> {
     fn deliver(&self, part: usize, outcomes: Vec<RawOutcome>) {
+        let decoded = outcomes.into_iter().map(self.decode).collect();
         // The receiver is the iterator; if it was dropped, nobody wants these.
-        let _ = self
-            .0
-            .send((part, outcomes.into_iter().map(decode).collect()));
+        let _ = self.tx.send((part, decoded));
     }
 }

@@ -24,6 +24,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pool_worker::protocol::{self, Hello, Outcome, Reply};
 
+use crate::TaskOptions;
 use crate::conn::{Conn, ReadEnd};
 use crate::error::{Error, JobError, describe_exitcode};
 use crate::launch::{self, exitcode};
@@ -52,6 +53,9 @@ pub(crate) struct Task {
     pub part: usize,
     /// `task` span (id, job), entered wherever the supervisor acts on the task.
     pub span: tracing::Span,
+    pub options: TaskOptions,
+    /// Runs of this task lost with their worker so far.
+    pub lost_runs: u32,
 }
 
 impl Task {
@@ -114,6 +118,16 @@ struct Worker {
     fail_with: Option<JobError>,
     /// `worker` span (pid), entered while the supervisor handles this worker.
     span: tracing::Span,
+}
+
+impl Worker {
+    /// When the running task passes its time limit, if it has one.
+    fn head_deadline(&self) -> Option<Instant> {
+        match self.inflight.front() {
+            Some(Inflight::Task(t)) => t.options.timeout.map(|limit| self.head_started + limit),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,7 +237,11 @@ impl Supervisor {
             match w.phase {
                 Phase::Starting { deadline } => at = at.min(deadline),
                 Phase::Exiting { .. } => at = at.min(now + REAP_EVERY),
-                Phase::Ready => {}
+                Phase::Ready => {
+                    if let Some(deadline) = w.head_deadline() {
+                        at = at.min(deadline);
+                    }
+                }
             }
         }
         if self.wants_workers() && self.spawn_after > now {
@@ -611,7 +629,7 @@ impl Supervisor {
         let tokens: Vec<Token> = self
             .workers
             .iter()
-            .filter(|(_, w)| sweep || !matches!(w.phase, Phase::Ready))
+            .filter(|(_, w)| sweep || w.phase != Phase::Ready || w.head_deadline().is_some())
             .map(|(t, _)| *t)
             .collect();
         for token in tokens {
@@ -627,6 +645,9 @@ impl Supervisor {
                     self.on_exit(token, exitcode(status));
                 }
                 Ok(None) => match w.phase {
+                    Phase::Ready if w.head_deadline().is_some_and(|d| now >= d) => {
+                        self.kill(token, JobError::Timeout);
+                    }
                     Phase::Starting { deadline } if now >= deadline => {
                         let message = format!(
                             "worker {} did not complete its handshake within {:?} (does \
@@ -681,13 +702,34 @@ impl Supervisor {
                 ),
             };
             self.start_failed(message);
-        } else if let Some(Inflight::Task(task)) = head {
-            let error = w.fail_with.take().unwrap_or(JobError::WorkerLost {
-                pid,
-                exitcode: code,
-            });
-            tracing::warn!(pid, exitcode = code, task = task.id, %error, "worker lost with a task");
-            task.fail(error);
+        } else if let Some(Inflight::Task(mut task)) = head {
+            match w.fail_with.take() {
+                // Killed on purpose (time limit, bad message): that is the task's error.
+                Some(error) => {
+                    tracing::warn!(task = task.id, %error, "worker ended with a task");
+                    task.fail(error);
+                }
+                None => {
+                    task.lost_runs += 1;
+                    if task.lost_runs <= task.options.retries {
+                        tracing::warn!(
+                            task = task.id,
+                            exitcode = code,
+                            attempt = task.lost_runs,
+                            "worker lost with a task; retrying it"
+                        );
+                        self.queue.push_front(task);
+                    } else {
+                        let error = JobError::WorkerLost {
+                            pid,
+                            exitcode: code,
+                            attempts: task.lost_runs,
+                        };
+                        tracing::warn!(task = task.id, %error, "worker lost with a task");
+                        task.fail(error);
+                    }
+                }
+            }
         } else if let Some(error) = w.fail_with.take() {
             tracing::warn!(pid, %error, "worker ended");
         } else {

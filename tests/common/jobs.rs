@@ -97,3 +97,26 @@ pub fn mark_and_sleep(dir: String, ms: u64) -> Result<u32, String> {
     std::thread::sleep(Duration::from_millis(ms));
     Ok(pid)
 }
+
+/// Records one attempt as a new file in `dir`; aborts the worker while fewer than
+/// `crashes` attempts are recorded, then returns the number of attempts.
+#[job]
+pub fn crash_until(dir: String, crashes: usize) -> Result<usize, String> {
+    let attempts = std::fs::read_dir(&dir).map_err(|e| e.to_string())?.count() + 1;
+    std::fs::write(format!("{dir}/attempt-{attempts}"), b"").map_err(|e| e.to_string())?;
+    if attempts <= crashes {
+        std::process::abort();
+    }
+    Ok(attempts)
+}
+
+/// Records one attempt as a new file in `dir`, then fails or panics.
+#[job]
+pub fn fail_and_count(dir: String, panic: bool) -> Result<(), String> {
+    let attempts = std::fs::read_dir(&dir).map_err(|e| e.to_string())?.count() + 1;
+    std::fs::write(format!("{dir}/attempt-{attempts}"), b"").map_err(|e| e.to_string())?;
+    if panic {
+        panic!("attempt {attempts} panics");
+    }
+    Err(format!("attempt {attempts} fails"))
+}

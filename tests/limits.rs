@@ -1,0 +1,85 @@
+//! Per-task time limits and retries: a task past its limit resolves `Timeout` and its
+//! worker is replaced; a task whose worker was lost is re-run as many times as asked,
+//! and never one that returned `Err` or panicked.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use procpool::{JobError, Pool, TaskOptions};
+
+procpool::test_harness!();
+
+#[test]
+fn a_task_past_its_time_limit_times_out_and_its_worker_is_replaced() {
+    let pool = pool(2);
+    let limit = TaskOptions::default().timeout(Duration::from_millis(300));
+    let stuck = pool.apply_async_with(sleep_ms, 600_000, limit).unwrap();
+    let quick = pool.apply_async_with(sleep_ms, 10, limit).unwrap();
+    assert_eq!(quick.get(), Ok(10));
+    assert_eq!(stuck.get(), Err(JobError::Timeout));
+    assert!(eventually(|| pool.worker_pids().len() == 2));
+    assert_eq!(pool.apply(square, 5), Ok(25), "the pool still works");
+    close_and_check(pool);
+}
+
+#[test]
+fn exactly_the_slow_tasks_time_out() {
+    let pool = Pool::builder()
+        .processes(2)
+        .task_timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let inputs: Vec<u64> = (0..45)
+        .map(|i| if i % 3 == 0 { 60_000 } else { 5 })
+        .collect();
+    let results = pool
+        .map_results_chunked(sleep_ms, inputs.clone(), 1)
+        .unwrap();
+    for (input, result) in inputs.iter().zip(&results) {
+        match (input, result) {
+            (60_000, Err(JobError::Timeout)) => {}
+            (5, Ok(5)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(eventually(|| pool.worker_pids().len() == 2));
+    close_and_check(pool);
+}
+
+#[test]
+fn a_lost_task_is_retried_and_the_final_error_counts_the_attempts() {
+    let pool = pool(2);
+    let dir = scratch_dir("retry-ok");
+    let arg = (dir.to_string_lossy().into_owned(), 2);
+    // Crashes twice, then succeeds on the third run: two retries are enough.
+    let r = pool.apply_async_with(crash_until, arg, TaskOptions::default().retries(2));
+    assert_eq!(r.unwrap().get(), Ok(3));
+
+    let dir = scratch_dir("retry-exhausted");
+    let arg = (dir.to_string_lossy().into_owned(), 10);
+    let r = pool.apply_async_with(crash_until, arg, TaskOptions::default().retries(2));
+    match r.unwrap().get() {
+        Err(JobError::WorkerLost {
+            exitcode: -6,
+            attempts: 3,
+            ..
+        }) => {}
+        other => panic!("expected WorkerLost after 3 attempts, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
+    close_and_check(pool);
+}
+
+#[test]
+fn errors_and_panics_are_never_retried() {
+    let pool = Pool::builder().processes(1).retries(3).build().unwrap();
+    for panic in [false, true] {
+        let dir = scratch_dir(&format!("no-retry-{panic}"));
+        let outcome = pool.apply(fail_and_count, (dir.to_string_lossy().into_owned(), panic));
+        assert!(outcome.is_err());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "ran once");
+    }
+    close_and_check(pool);
+}
