@@ -60,6 +60,27 @@ pub enum JobError {
     ResultTaken,
 }
 
+impl JobError {
+    /// The variant's name (`"WorkerLost"`, `"Timeout"`, ...), for logs and records.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobError::Failed { .. } => "Failed",
+            JobError::Panicked { .. } => "Panicked",
+            JobError::WorkerLost { .. } => "WorkerLost",
+            JobError::Timeout => "Timeout",
+            JobError::Cancelled => "Cancelled",
+            JobError::PoolClosed => "PoolClosed",
+            JobError::Terminated => "Terminated",
+            JobError::UnknownJob { .. } => "UnknownJob",
+            JobError::Codec { .. } => "Codec",
+            JobError::Protocol { .. } => "Protocol",
+            JobError::StartFailed { .. } => "StartFailed",
+            JobError::WaitTimeout { .. } => "WaitTimeout",
+            JobError::ResultTaken => "ResultTaken",
+        }
+    }
+}
+
 /// `multiprocessing`-style exit code in words: `-9` is "killed by SIGKILL".
 pub fn describe_exitcode(exitcode: i32) -> String {
     if exitcode < 0 {

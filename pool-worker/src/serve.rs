@@ -42,6 +42,16 @@ pub fn serve_if_worker() {
     SERVING.store(true, Ordering::SeqCst);
     let code = match serve(&fd.to_string_lossy()) {
         Ok(()) => 0,
+        // The supervisor went away (closed the pool while this worker was starting,
+        // or died): a normal end for a worker, nothing to report.
+        Err(ProtocolError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            0
+        }
         Err(e) => {
             // A worker has no channel left to report on: stderr is all there is.
             eprintln!("procpool worker {}: {e}", std::process::id());
@@ -111,12 +121,7 @@ fn serve(fd: &str) -> Result<(), ProtocolError> {
             }
         };
         let failed_init = matches!(reply, Reply::InitFailed { .. });
-        match protocol::write_frame(&mut writer, &protocol::frame(&reply)?) {
-            Ok(()) => {}
-            // The supervisor is gone or has dropped us: nobody is left to answer.
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
+        protocol::write_frame(&mut writer, &protocol::frame(&reply)?)?;
         if failed_init {
             std::process::exit(1);
         }
