@@ -9,7 +9,17 @@ use clap::{Args, Parser, Subcommand};
 /// Like `xargs -P` or GNU parallel, but each input is a job argument and each output a
 /// JSON record; a worker that crashes fails only its own input; Ctrl-C stops cleanly.
 #[derive(Debug, Parser)]
-#[command(name = "procpool", version, propagate_version = true)]
+#[command(
+    name = "procpool",
+    version,
+    propagate_version = true,
+    after_help = "Examples:\n  \
+        procpool jobs\n  \
+        seq 1 1000 | procpool run square > squares.jsonl\n  \
+        procpool run hash_file --input books.jsonl --workers 4 --timeout 60 --retries 1\n\n\
+        Input lines are JSON job arguments (`12`, `{\"path\": \"book.txt\"}`, `[1, 2]` for a \
+        job of two arguments)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -149,7 +149,10 @@ fn usage_and_setup_errors_are_status_2_with_a_message() {
             &["run", "square", "--input", "/nonexistent/in.jsonl"],
             "cannot open input",
         ),
-        (&["run", "square", "--timeout=0"], "--timeout must be a positive"),
+        (
+            &["run", "square", "--timeout=0"],
+            "--timeout must be a positive",
+        ),
         (
             &["run", "square", "--worker", "/nonexistent/worker"],
             "does not exist",
