@@ -2,7 +2,7 @@
 //! submit, naming both signatures. (Its own binary: a second `square` would clash
 //! with the shared test jobs' one in the registry.)
 
-use procpool::{JobError, Pool};
+use procpool::JobError;
 
 /// Same name as pool-worker's built-in `square(u64) -> u64`, other types.
 #[procpool::job]
@@ -16,12 +16,7 @@ mod common_paths;
 
 #[test]
 fn a_job_with_other_types_is_refused_at_submit() {
-    let worker = common_paths::workspace_binary("pool-worker", false);
-    let pool = Pool::builder()
-        .processes(1)
-        .worker_executable(&worker)
-        .build()
-        .unwrap();
+    let pool = common_paths::pool_worker_pool(1);
     match pool.apply_async(square, 3) {
         Err(JobError::UnknownJob { name, detail }) => {
             assert_eq!(name, "square");

@@ -251,12 +251,7 @@ fn max_tasks_per_child_recycles_workers_and_keeps_the_size() {
 #[test]
 fn an_unknown_job_is_refused_at_submit() {
     // The pool-worker executable has `square(u64) -> u64` but not `add`.
-    let worker = workspace_binary("pool-worker", false);
-    let pool = Pool::builder()
-        .processes(1)
-        .worker_executable(&worker)
-        .build()
-        .unwrap();
+    let pool = pool_worker_pool(1);
     match pool.apply_async(add, (1, 2)) {
         Err(JobError::UnknownJob { name, .. }) => assert_eq!(name, "add"),
         other => panic!("expected UnknownJob, got {other:?}"),
@@ -266,12 +261,7 @@ fn an_unknown_job_is_refused_at_submit() {
 
 #[test]
 fn a_separate_worker_executable_runs_its_own_jobs() {
-    let worker = workspace_binary("pool-worker", false);
-    let pool = Pool::builder()
-        .processes(2)
-        .worker_executable(&worker)
-        .build()
-        .unwrap();
+    let pool = pool_worker_pool(2);
     assert!(pool.job_names().contains(&"cpu_bound".to_owned()));
     // The handle is ours; the code that runs is pool-worker's built-in `square`,
     // which reports an overflow as an error where ours would panic.

@@ -398,29 +398,25 @@ impl Shared {
 
     /// Waits for the supervisor to finish; false if `deadline` came first.
     fn wait_finished(&self, deadline: Option<Instant>) -> bool {
-        let mut status = relock(&self.status);
-        while !status.finished {
-            match deadline {
-                None => {
-                    status = self
-                        .status_changed
-                        .wait(status)
-                        .unwrap_or_else(|e| e.into_inner())
-                }
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    status = self
-                        .status_changed
-                        .wait_timeout(status, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
+        let status = relock(&self.status);
+        let running = |s: &mut Status| !s.finished;
+        let status = match deadline {
+            None => self
+                .status_changed
+                .wait_while(status, running)
+                .unwrap_or_else(|e| e.into_inner()),
+            Some(d) => {
+                self.status_changed
+                    .wait_timeout_while(
+                        status,
+                        d.saturating_duration_since(Instant::now()),
+                        running,
+                    )
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
             }
-        }
-        true
+        };
+        status.finished
     }
 }
 

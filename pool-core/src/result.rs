@@ -150,26 +150,22 @@ impl<T> Slot<T> {
 
     /// Waits until ready or `deadline`; returns the guard and whether it is ready.
     fn wait_until(&self, deadline: Option<Instant>) -> (MutexGuard<'_, State<T>>, bool) {
-        let mut state = self.lock();
-        loop {
-            if Self::is_ready(&state) {
-                return (state, true);
+        let state = self.lock();
+        let pending = |s: &mut State<T>| !Self::is_ready(s);
+        let state = match deadline {
+            None => self
+                .done
+                .wait_while(state, pending)
+                .unwrap_or_else(|e| e.into_inner()),
+            Some(d) => {
+                self.done
+                    .wait_timeout_while(state, d.saturating_duration_since(Instant::now()), pending)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
             }
-            match deadline {
-                None => state = self.done.wait(state).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return (state, false);
-                    }
-                    state = self
-                        .done
-                        .wait_timeout(state, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-            }
-        }
+        };
+        let ready = Self::is_ready(&state);
+        (state, ready)
     }
 
     fn take(state: &mut State<T>) -> Result<T, JobError> {

@@ -17,6 +17,15 @@ pub fn pool(processes: usize) -> Pool {
         .expect("a pool of test workers starts")
 }
 
+/// A pool whose workers are the workspace's separate `pool-worker` executable.
+pub fn pool_worker_pool(processes: usize) -> Pool {
+    Pool::builder()
+        .processes(processes)
+        .worker_executable(workspace_binary("pool-worker", false))
+        .build()
+        .expect("a pool of pool-worker executables starts")
+}
+
 /// Whether `pid` names a running process (not gone, not a zombie).
 pub fn is_running(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
