@@ -16,6 +16,8 @@ use crate::sys;
 pub(crate) struct LaunchSpec {
     pub executable: PathBuf,
     pub args: Vec<OsString>,
+    /// Extra environment variables for the worker.
+    pub env: Vec<(OsString, OsString)>,
     /// Send the worker's stdout to /dev/null (a test harness prints its own chatter).
     pub quiet_stdout: bool,
 }
@@ -34,6 +36,7 @@ pub(crate) fn launch(spec: &LaunchSpec) -> io::Result<Launched> {
     let mut command = Command::new(&spec.executable);
     command
         .args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env(ENV_WORKER_FD, theirs.as_raw_fd().to_string())
         .env(ENV_SUPERVISOR_PID, std::process::id().to_string())
         // A worker must never read the supervisor's stdin (the CLI reads its input there).

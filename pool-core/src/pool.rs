@@ -66,6 +66,7 @@ pub struct PoolBuilder {
     max_tasks_per_child: Option<usize>,
     worker_executable: Option<PathBuf>,
     worker_args: Vec<OsString>,
+    worker_env: Vec<(OsString, OsString)>,
     start_timeout: Duration,
     terminate_grace: Duration,
     max_message_size: usize,
@@ -82,6 +83,7 @@ impl Default for PoolBuilder {
             max_tasks_per_child: None,
             worker_executable: None,
             worker_args: Vec::new(),
+            worker_env: Vec::new(),
             start_timeout: Duration::from_secs(30),
             terminate_grace: Duration::from_secs(1),
             max_message_size: DEFAULT_MAX_FRAME,
@@ -128,6 +130,13 @@ impl PoolBuilder {
         S: Into<OsString>,
     {
         self.worker_args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets an environment variable for the workers (on top of this process's
+    /// environment, which they inherit). Default: none.
+    pub fn worker_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.worker_env.push((key.into(), value.into()));
         self
     }
 
@@ -207,7 +216,8 @@ impl PoolBuilder {
                 )));
             }
         };
-        let launch = launch_spec(self.worker_executable, self.worker_args)?;
+        let mut launch = launch_spec(self.worker_executable, self.worker_args)?;
+        launch.env = self.worker_env;
         let config = Arc::new(Config {
             processes,
             initializer,
@@ -268,6 +278,7 @@ fn launch_spec(executable: Option<PathBuf>, args: Vec<OsString>) -> Result<Launc
         return Ok(LaunchSpec {
             executable,
             args,
+            env: Vec::new(),
             quiet_stdout: false,
         });
     }
@@ -294,12 +305,14 @@ fn launch_spec(executable: Option<PathBuf>, args: Vec<OsString>) -> Result<Launc
         return Ok(LaunchSpec {
             executable,
             args: harness_args,
+            env: Vec::new(),
             quiet_stdout: true,
         });
     }
     Ok(LaunchSpec {
         executable,
         args,
+        env: Vec::new(),
         quiet_stdout: false,
     })
 }

@@ -148,7 +148,7 @@ pub(crate) struct Supervisor {
     phase: PoolPhase,
     jobs: Option<Arc<JobTable>>,
     init_frame: Option<Arc<[u8]>>,
-    /// Start failures since the last worker that started and did work.
+    /// Start failures since a worker last became ready for tasks.
     start_failures: u32,
     spawn_after: Instant,
     /// Set once starting workers failed too often; nothing is respawned after.
@@ -368,7 +368,11 @@ impl Supervisor {
                 .set_accepting(Accepting::Broken(message.clone()));
             self.broken = Some(message);
         } else {
-            let backoff = Duration::from_millis(50) * 2u32.pow(self.start_failures.min(6));
+            // 10 ms, doubling with each failure in a row, at most 1 s: quick to recover
+            // from a worker killed while starting, no busy loop on a broken executable.
+            let doublings = self.start_failures.saturating_sub(1).min(7);
+            let backoff =
+                (Duration::from_millis(10) * 2u32.pow(doublings)).min(Duration::from_secs(1));
             self.spawn_after = Instant::now() + backoff;
         }
     }
@@ -390,6 +394,9 @@ impl Supervisor {
         if let (Some(frame), Some(conn)) = (&self.init_frame, w.conn.as_mut()) {
             w.inflight.push_back(Inflight::Init);
             conn.queue(frame.clone());
+        } else {
+            // Ready for tasks: starting workers works again.
+            self.start_failures = 0;
         }
         self.flush(token);
         if self.ready.is_some() {
@@ -528,6 +535,7 @@ impl Supervisor {
             (Reply::InitDone, Some(Inflight::Init)) => {
                 w.inflight.pop_front();
                 w.head_started = Instant::now();
+                self.start_failures = 0;
             }
             (Reply::InitFailed { message }, Some(Inflight::Init)) => {
                 // `Init` stays at the head: the exit then counts as a start failure.
@@ -541,7 +549,6 @@ impl Supervisor {
                 let Some(Inflight::Task(t)) = w.inflight.pop_front() else {
                     unreachable!()
                 };
-                self.start_failures = 0;
                 let now = Instant::now();
                 let ran = now.saturating_duration_since(w.head_started);
                 w.last_task = Some(ran);

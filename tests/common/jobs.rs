@@ -120,3 +120,27 @@ pub fn fail_and_count(dir: String, panic: bool) -> Result<(), String> {
     }
     Err(format!("attempt {attempts} fails"))
 }
+
+/// The length of its argument (for payload-size tests).
+#[job]
+pub fn byte_len(bytes: Vec<u8>) -> usize {
+    bytes.len()
+}
+
+/// A value whose serialization always fails.
+#[derive(Debug, Deserialize)]
+pub struct Unserializable;
+
+impl Serialize for Unserializable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "this value refuses to be serialized",
+        ))
+    }
+}
+
+/// Returns a result that cannot be encoded.
+#[job]
+pub fn unencodable() -> Unserializable {
+    Unserializable
+}

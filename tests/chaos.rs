@@ -1,0 +1,117 @@
+//! Chaos: 20,000 tasks on 4 workers while a thread SIGKILLs a random worker every few
+//! milliseconds (every 10 ms). Every task resolves exactly once, every value is right, every
+//! failure is `WorkerLost` (none with retries on), and the pool ends with 4 workers.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+use procpool::{JobError, Pool, TaskOptions};
+
+procpool::test_harness!();
+
+const TASKS: u64 = 20_000;
+
+/// Runs `TASKS` squares through `imap_unordered` while workers are killed; returns
+/// the failures and how many workers were killed.
+fn under_fire(pool: &Pool, options: TaskOptions) -> (Vec<JobError>, usize) {
+    let done = AtomicBool::new(false);
+    let kills = AtomicUsize::new(0);
+    let mut seen = vec![false; TASKS as usize];
+    let mut failures = Vec::new();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut n = 0usize;
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+                let pids = pool.worker_pids();
+                if pids.is_empty() {
+                    continue;
+                }
+                n = n.wrapping_mul(31).wrapping_add(7);
+                let victim = pids[n % pids.len()];
+                if nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(victim as i32),
+                    Signal::SIGKILL,
+                )
+                .is_ok()
+                {
+                    kills.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        let results = pool
+            .imap_unordered(square, 0..TASKS)
+            .options(options)
+            .max_in_flight(16)
+            .with_positions();
+        for (position, result) in results {
+            assert!(!seen[position], "input {position} resolved twice");
+            seen[position] = true;
+            match result {
+                Ok(v) => assert_eq!(v, (position as u64).pow(2), "wrong value for {position}"),
+                Err(e) => failures.push(e),
+            }
+        }
+        done.store(true, Ordering::SeqCst);
+    });
+    eprintln!(
+        "chaos: {} kills, {} failures",
+        kills.load(Ordering::SeqCst),
+        failures.len()
+    );
+    assert!(seen.iter().all(|s| *s), "some inputs never resolved");
+    (failures, kills.load(Ordering::SeqCst))
+}
+
+fn chaos_pool() -> Pool {
+    // The small pool-worker executable (whose built-in `square` matches ours) restarts
+    // much faster than this test binary, and this test restarts thousands of workers.
+    // Killing workers as they start counts against the start-failure limit; this test
+    // is about exactly-once delivery, so that limit is set out of its way.
+    Pool::builder()
+        .processes(4)
+        .worker_executable(workspace_binary("pool-worker", false))
+        .max_start_failures(u32::MAX)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn every_task_resolves_exactly_once_while_workers_are_killed() {
+    let pool = chaos_pool();
+    let (failures, kills) = under_fire(&pool, TaskOptions::default());
+    assert!(kills > 10, "the chaos thread killed only {kills} workers");
+    for e in &failures {
+        assert!(
+            matches!(e, JobError::WorkerLost { exitcode: -9, .. }),
+            "unexpected failure {e:?}"
+        );
+    }
+    assert!(
+        failures.len() <= kills,
+        "{} failures from {kills} kills",
+        failures.len()
+    );
+    assert!(
+        eventually(|| pool.worker_pids().len() == 4),
+        "the pool keeps 4 workers"
+    );
+    close_and_check(pool);
+}
+
+#[test]
+fn with_retries_every_task_succeeds_while_workers_are_killed() {
+    let pool = chaos_pool();
+    let (failures, kills) = under_fire(&pool, TaskOptions::default().retries(1_000));
+    assert!(kills > 10, "the chaos thread killed only {kills} workers");
+    assert!(
+        failures.is_empty(),
+        "failures despite retries: {failures:?}"
+    );
+    assert!(eventually(|| pool.worker_pids().len() == 4));
+    close_and_check(pool);
+}

@@ -1,0 +1,67 @@
+//! 1,000 worker restarts leave the supervisor's open file descriptors and threads
+//! where they started, and no zombies. (Alone in its binary: other tests' pools would
+//! change these counts.)
+
+mod common;
+
+use common::*;
+use procpool::Pool;
+
+procpool::test_harness!();
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Children of this process that exited and were never reaped.
+fn zombie_children() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| is_our_zombie(pid))
+        .collect()
+}
+
+#[test]
+fn a_thousand_restarts_leak_no_descriptor_thread_or_zombie() {
+    let worker = workspace_binary("pool-worker", false);
+    let (fds, tasks) = (open_fds(), threads());
+    let pool = Pool::builder()
+        .processes(2)
+        .max_tasks_per_child(1)
+        .worker_executable(worker)
+        .build()
+        .unwrap();
+    let first = pool.worker_pids();
+
+    let squares = pool.map_chunked(square, 0..1_000, 1).unwrap();
+    assert_eq!(squares[999], 999 * 999);
+    assert!(eventually(|| pool.worker_pids().len() == 2));
+    assert!(
+        first.iter().all(|p| !pool.worker_pids().contains(p)),
+        "workers were recycled"
+    );
+    // While running: the pool's own descriptors (poll, waker, one stream per worker and
+    // at most one more per worker being replaced), and one supervisor thread.
+    assert!(
+        open_fds() <= fds + 2 + 2 * 2,
+        "{} descriptors open, {fds} before",
+        open_fds()
+    );
+    assert_eq!(threads(), tasks + 1, "threads");
+    assert!(
+        eventually(|| zombie_children().is_empty()),
+        "zombies: {:?}",
+        zombie_children()
+    );
+
+    close_and_check(pool);
+    assert_eq!(open_fds(), fds, "descriptors after the pool is gone");
+    assert_eq!(threads(), tasks, "threads after the pool is gone");
+    assert!(zombie_children().is_empty());
+}
