@@ -52,8 +52,8 @@
 //! worker) and `pool-macros` (`#[job]`).
 
 pub use pool_core::{
-    AsyncResult, Codec, Error, Imap, JobError, JobInfo, Pool, PoolBuilder, TaskOptions,
-    WithPositions, default_chunksize, describe_exitcode,
+    AsCompleted, AsyncResult, Codec, Error, Imap, JobError, JobInfo, Pool, PoolBuilder,
+    TaskOptions, WaitFor, WithPositions, as_completed, default_chunksize, describe_exitcode, wait,
 };
 pub use pool_macros::job;
 pub use pool_worker::{Job, JobEntry};

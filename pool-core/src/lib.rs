@@ -8,6 +8,7 @@
 //! - [`AsyncResult`]: one submission's future value (blocking, timed, callback, or
 //!   `.await`).
 //! - [`Imap`]: the lazy, bounded streaming iterator of `imap` / `imap_unordered`.
+//! - [`wait`] and [`as_completed`]: `concurrent.futures`' helpers for many results.
 //! - [`JobError`] (why a task has no value) and [`Error`] (why a pool operation
 //!   failed).
 //!
@@ -26,9 +27,11 @@ mod pool;
 mod result;
 mod supervisor;
 mod sys;
+mod wait;
 
 pub use error::{Error, JobError, TaskOptions, describe_exitcode};
 pub use imap::{Imap, WithPositions};
 pub use pool::{JobInfo, Pool, PoolBuilder, TEST_ENTRY, TestHarness, default_chunksize};
 pub use pool_worker::Codec;
 pub use result::AsyncResult;
+pub use wait::{AsCompleted, WaitFor, as_completed, wait};

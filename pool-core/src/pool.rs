@@ -18,7 +18,9 @@ use serde_bytes::ByteBuf;
 use crate::error::{Error, JobError, TaskOptions};
 use crate::imap::Imap;
 use crate::launch::LaunchSpec;
-use crate::result::{AsyncResult, CollectSink, Finish, OneSink, RawOutcome, Sink, Slot, decode};
+use crate::result::{
+    AsyncResult, Canceller, CollectSink, Finish, OneSink, RawOutcome, Sink, Slot, decode,
+};
 use crate::supervisor::{Command, Supervisor, Task, WAKER};
 
 /// Everything the supervisor needs to know, fixed at `build()`.
@@ -372,6 +374,16 @@ impl Shared {
         Ok(())
     }
 
+    /// Asks the supervisor to cancel these tasks (allowed after `close` too).
+    pub fn cancel(&self, tasks: Vec<u64>) {
+        let port = relock(&self.port);
+        // If the supervisor is gone, every task has resolved already.
+        if port.tx.send(Command::Cancel(tasks)).is_ok() {
+            drop(port);
+            self.wake();
+        }
+    }
+
     /// Stops accepting tasks, then sends `command` (close or terminate).
     fn stop(&self, command: Command) {
         let mut port = relock(&self.port);
@@ -618,8 +630,9 @@ impl Pool {
             Arc::new(OneSink(slot.clone())),
             0,
         )?;
+        let ids = vec![task.id];
         self.shared.send(Command::Submit(vec![task]))?;
-        Ok(AsyncResult::new(slot))
+        Ok(AsyncResult::new(slot, self.canceller(ids)))
     }
 
     /// Runs `job` over `inputs` and returns the results in input order, or the first
@@ -736,7 +749,7 @@ impl Pool {
         let slot = Slot::new();
         if inputs.is_empty() {
             slot.complete(finish(Vec::new()));
-            return Ok(AsyncResult::new(slot));
+            return Ok(AsyncResult::new(slot, None));
         }
         let chunks: Vec<&[J::Input]> = inputs.chunks(chunksize.max(1)).collect();
         let sink = Arc::new(CollectSink::<J::Output, U>::new(
@@ -750,8 +763,9 @@ impl Pool {
             .enumerate()
             .map(|(part, chunk)| self.task(&spec, encode_all(chunk)?, sink.clone(), part))
             .collect::<Result<Vec<_>, _>>()?;
+        let ids = tasks.iter().map(|t| t.id).collect();
         self.shared.send(Command::Submit(tasks))?;
-        Ok(AsyncResult::new(slot))
+        Ok(AsyncResult::new(slot, self.canceller(ids)))
     }
 
     /// Streams `job` over `inputs` in input order, reading the inputs lazily with a
@@ -881,6 +895,13 @@ impl Pool {
             span: tracing::debug_span!("task", id, job = %spec.name),
             options: spec.options,
             lost_runs: 0,
+        })
+    }
+
+    fn canceller(&self, tasks: Vec<u64>) -> Option<Canceller> {
+        Some(Canceller {
+            shared: Arc::downgrade(&self.shared),
+            tasks,
         })
     }
 

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use pool_worker::Codec;
 use serde::de::DeserializeOwned;
 
 use crate::error::JobError;
+use crate::pool::Shared;
 
 /// One argument's raw outcome: the encoded result, or why there is none.
 pub(crate) type RawOutcome = Result<Vec<u8>, JobError>;
@@ -217,6 +218,14 @@ fn run_callback<T>(callback: Callback<T>, result: &Result<T, JobError>) {
 #[must_use = "a task's result or error is only seen through its AsyncResult"]
 pub struct AsyncResult<T> {
     slot: Arc<Slot<T>>,
+    cancel: Option<Canceller>,
+}
+
+/// What `cancel` needs: the pool (weakly: a result must not keep a pool alive) and
+/// the ids of the submission's tasks.
+pub(crate) struct Canceller {
+    pub shared: Weak<Shared>,
+    pub tasks: Vec<u64>,
 }
 
 impl<T> std::fmt::Debug for AsyncResult<T> {
@@ -228,8 +237,27 @@ impl<T> std::fmt::Debug for AsyncResult<T> {
 }
 
 impl<T: Send + 'static> AsyncResult<T> {
-    pub(crate) fn new(slot: Arc<Slot<T>>) -> Self {
-        AsyncResult { slot }
+    pub(crate) fn new(slot: Arc<Slot<T>>, cancel: Option<Canceller>) -> Self {
+        AsyncResult { slot, cancel }
+    }
+
+    /// Cancels the submission: a task not started yet is dropped, a running one has
+    /// its worker killed and replaced; the result then resolves
+    /// [`JobError::Cancelled`]. Returns false if it had already resolved (a task
+    /// finishing at the same moment may still win the race and keep its value).
+    pub fn cancel(&self) -> bool {
+        if self.ready() {
+            return false;
+        }
+        if let Some(shared) = self.cancel.as_ref().and_then(|c| c.shared.upgrade()) {
+            shared.cancel(
+                self.cancel
+                    .as_ref()
+                    .map(|c| c.tasks.clone())
+                    .unwrap_or_default(),
+            );
+        }
+        true
     }
 
     /// Blocks until the task resolves and returns its value or error.

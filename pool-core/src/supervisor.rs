@@ -76,6 +76,9 @@ impl Task {
 
 pub(crate) enum Command {
     Submit(Vec<Task>),
+    /// Resolve these tasks as `Cancelled`: drop them if queued, kill their worker if
+    /// running.
+    Cancel(Vec<u64>),
     Close,
     Terminate,
 }
@@ -83,6 +86,12 @@ pub(crate) enum Command {
 enum Inflight {
     Init,
     Task(Task),
+    /// A task cancelled after it was sent ahead to this worker: already resolved; its
+    /// reply, when it comes, is dropped.
+    Cancelled {
+        id: u64,
+        arguments: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,6 +272,7 @@ impl Supervisor {
                         tasks.into_iter().for_each(|t| t.fail(JobError::PoolClosed));
                     }
                 }
+                Ok(Command::Cancel(ids)) => self.cancel(&ids),
                 Ok(Command::Close) => {
                     if self.phase == PoolPhase::Running {
                         tracing::debug!("closing: no new tasks, finishing the queue");
@@ -275,6 +285,43 @@ impl Supervisor {
                     self.begin_terminate(JobError::Terminated);
                     return;
                 }
+            }
+        }
+    }
+
+    fn cancel(&mut self, ids: &[u64]) {
+        for &id in ids {
+            if let Some(at) = self.queue.iter().position(|t| t.id == id) {
+                if let Some(task) = self.queue.remove(at) {
+                    task.fail(JobError::Cancelled);
+                }
+                continue;
+            }
+            let found = self.workers.iter_mut().find_map(|(token, w)| {
+                let at = w
+                    .inflight
+                    .iter()
+                    .position(|e| matches!(e, Inflight::Task(t) if t.id == id))?;
+                Some((*token, at, w))
+            });
+            match found {
+                // Running: the only way to stop it is to end its worker.
+                Some((token, 0, _)) => self.kill(token, JobError::Cancelled),
+                Some((_, at, w)) => {
+                    let Some(Inflight::Task(task)) = w.inflight.get(at) else {
+                        continue;
+                    };
+                    let tombstone = Inflight::Cancelled {
+                        id,
+                        arguments: task.arguments,
+                    };
+                    if let Inflight::Task(task) = std::mem::replace(&mut w.inflight[at], tombstone)
+                    {
+                        task.fail(JobError::Cancelled);
+                    }
+                }
+                // Already resolved: nothing to do.
+                None => {}
             }
         }
     }
@@ -543,6 +590,12 @@ impl Supervisor {
                 // The worker exits after saying so.
                 return self.close_conn(token, EXIT_GRACE);
             }
+            (Reply::Done { task, outcomes }, Some(Inflight::Cancelled { id, arguments }))
+                if *id == task && *arguments == outcomes.len() =>
+            {
+                w.inflight.pop_front();
+                w.head_started = Instant::now();
+            }
             (Reply::Done { task, outcomes }, Some(Inflight::Task(t)))
                 if t.id == task && t.arguments == outcomes.len() =>
             {
@@ -559,8 +612,9 @@ impl Supervisor {
             (reply, head) => {
                 let expected = match head {
                     Some(Inflight::Init) => "the initializer's reply".to_owned(),
-                    Some(Inflight::Task(t)) => {
-                        format!("the reply to task {} ({} outcomes)", t.id, t.arguments)
+                    Some(Inflight::Task(Task { id, arguments, .. }))
+                    | Some(Inflight::Cancelled { id, arguments }) => {
+                        format!("the reply to task {id} ({arguments} outcomes)")
                     }
                     None => "nothing".to_owned(),
                 };
