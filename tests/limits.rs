@@ -83,3 +83,64 @@ fn errors_and_panics_are_never_retried() {
     }
     close_and_check(pool);
 }
+
+#[test]
+fn a_worker_past_its_memory_cap_is_replaced_after_its_task() {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_memory_per_child(150 << 20)
+        .build()
+        .unwrap();
+    let small = pool.apply(leak_mib, 1).unwrap();
+    assert_eq!(
+        pool.apply(worker_pid, ()).unwrap(),
+        small,
+        "under the cap: kept"
+    );
+    let leaky = pool.apply(leak_mib, 200).unwrap();
+    assert_eq!(leaky, small);
+    let next = pool.apply(worker_pid, ()).unwrap();
+    assert_ne!(next, leaky, "over the cap: replaced");
+    assert!(eventually(|| !is_running(leaky)));
+    assert_gone(&[leaky]);
+    close_and_check(pool);
+}
+
+#[test]
+fn a_memory_limit_turns_a_runaway_allocation_into_a_lost_worker() {
+    let unlimited = pool(1);
+    assert_eq!(
+        unlimited.apply(reserve_gib, 4),
+        Ok(4),
+        "without a cap it succeeds"
+    );
+    close_and_check(unlimited);
+
+    let pool = Pool::builder()
+        .processes(1)
+        .memory_limit(1 << 30)
+        .build()
+        .unwrap();
+    match pool.apply(reserve_gib, 4) {
+        Err(JobError::WorkerLost { exitcode: -6, .. }) => {}
+        other => panic!("expected the worker to abort, got {other:?}"),
+    }
+    assert_eq!(pool.apply(square, 7), Ok(49), "a new worker serves");
+    close_and_check(pool);
+}
+
+#[test]
+fn a_timeout_with_grace_sends_sigterm_first_and_still_ends_the_worker() {
+    let pool = Pool::builder()
+        .processes(1)
+        .task_timeout(Duration::from_millis(300))
+        .timeout_grace(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let before = pool.worker_pids();
+    assert_eq!(pool.apply(sleep_ms, 600_000), Err(JobError::Timeout));
+    assert!(eventually(|| before.iter().all(|&p| !is_running(p))));
+    assert_gone(&before);
+    assert_eq!(pool.apply(square, 2), Ok(4));
+    close_and_check(pool);
+}

@@ -18,6 +18,8 @@ pub(crate) struct LaunchSpec {
     pub args: Vec<OsString>,
     /// Extra environment variables for the worker.
     pub env: Vec<(OsString, OsString)>,
+    /// Hard cap on the worker's address space (RLIMIT_AS), in bytes.
+    pub address_space: Option<u64>,
     /// Send the worker's stdout to /dev/null (a test harness prints its own chatter).
     pub quiet_stdout: bool,
 }
@@ -44,7 +46,12 @@ pub(crate) fn launch(spec: &LaunchSpec) -> io::Result<Launched> {
     if spec.quiet_stdout {
         command.stdout(Stdio::null());
     }
-    sys::prepare_worker(&mut command, theirs.as_raw_fd(), std::process::id() as i32);
+    sys::prepare_worker(
+        &mut command,
+        theirs.as_raw_fd(),
+        std::process::id() as i32,
+        spec.address_space,
+    );
     let child = command.spawn()?;
     drop(theirs);
     Ok(Launched {
@@ -60,4 +67,18 @@ pub(crate) fn exitcode(status: std::process::ExitStatus) -> i32 {
     status
         .code()
         .unwrap_or_else(|| -status.signal().unwrap_or(0))
+}
+
+/// Resident memory of process `pid` in bytes, from `/proc/<pid>/statm`.
+pub(crate) fn resident_bytes(pid: u32) -> Option<u64> {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let page = *PAGE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .map_or(4096, |p| p as u64)
+    });
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page)
 }

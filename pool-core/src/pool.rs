@@ -35,6 +35,8 @@ pub(crate) struct Config {
     pub max_message_size: usize,
     pub tasks_per_worker: usize,
     pub max_start_failures: u32,
+    pub max_memory_per_child: Option<u64>,
+    pub timeout_grace: Duration,
 }
 
 /// Marks a test binary whose `#[test]` entry serves as a worker; submitted by
@@ -75,6 +77,9 @@ pub struct PoolBuilder {
     tasks_per_worker: usize,
     max_start_failures: u32,
     task_options: TaskOptions,
+    max_memory_per_child: Option<u64>,
+    memory_limit: Option<u64>,
+    timeout_grace: Duration,
 }
 
 impl Default for PoolBuilder {
@@ -92,6 +97,9 @@ impl Default for PoolBuilder {
             tasks_per_worker: 1,
             max_start_failures: 5,
             task_options: TaskOptions::default(),
+            max_memory_per_child: None,
+            memory_limit: None,
+            timeout_grace: Duration::ZERO,
         }
     }
 }
@@ -191,6 +199,30 @@ impl PoolBuilder {
         self
     }
 
+    /// Replace a worker, once its task is done, whose resident memory has grown past
+    /// `bytes` (billiard's `max_memory_per_child`): for jobs that leak. Checked after
+    /// every task. Default: never.
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.max_memory_per_child = Some(bytes);
+        self
+    }
+
+    /// Hard cap on each worker's address space (RLIMIT_AS), in bytes: an allocation
+    /// past it fails, which aborts the worker (`WorkerLost`, exitcode -6) instead of
+    /// pushing the machine into swap or the OOM killer. Leave room for the program
+    /// itself: thread stacks and allocator arenas count too. Default: no cap.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// When a task passes its time limit, send its worker SIGTERM and wait this long
+    /// before SIGKILL (so the job can clean up). Default: zero, SIGKILL at once.
+    pub fn timeout_grace(mut self, grace: Duration) -> Self {
+        self.timeout_grace = grace;
+        self
+    }
+
     /// Starts the workers and waits until all of them have completed their handshake.
     pub fn build(self) -> Result<Pool, Error> {
         if pool_worker::missing_init() {
@@ -220,6 +252,7 @@ impl PoolBuilder {
         };
         let mut launch = launch_spec(self.worker_executable, self.worker_args)?;
         launch.env = self.worker_env;
+        launch.address_space = self.memory_limit;
         let config = Arc::new(Config {
             processes,
             initializer,
@@ -230,6 +263,8 @@ impl PoolBuilder {
             max_message_size: self.max_message_size,
             tasks_per_worker: self.tasks_per_worker,
             max_start_failures: self.max_start_failures.max(1),
+            max_memory_per_child: self.max_memory_per_child,
+            timeout_grace: self.timeout_grace,
         });
 
         let poll = mio::Poll::new()?;
@@ -281,6 +316,7 @@ fn launch_spec(executable: Option<PathBuf>, args: Vec<OsString>) -> Result<Launc
             executable,
             args,
             env: Vec::new(),
+            address_space: None,
             quiet_stdout: false,
         });
     }
@@ -308,6 +344,7 @@ fn launch_spec(executable: Option<PathBuf>, args: Vec<OsString>) -> Result<Launc
             executable,
             args: harness_args,
             env: Vec::new(),
+            address_space: None,
             quiet_stdout: true,
         });
     }
@@ -315,6 +352,7 @@ fn launch_spec(executable: Option<PathBuf>, args: Vec<OsString>) -> Result<Launc
         executable,
         args,
         env: Vec::new(),
+        address_space: None,
         quiet_stdout: false,
     })
 }

@@ -117,6 +117,9 @@ struct Worker {
     dispatched: usize,
     /// Whether its hello arrived and was accepted.
     handshaken: bool,
+    /// To be replaced once idle (`max_tasks_per_child` or `max_memory_per_child`):
+    /// it gets no new tasks.
+    retire: bool,
     /// When the task at the head of `inflight` started (requests run in order, so it
     /// started when it was sent to an idle worker or when the one before it ended).
     head_started: Instant,
@@ -385,6 +388,7 @@ impl Supervisor {
                 inflight: VecDeque::new(),
                 dispatched: 0,
                 handshaken: false,
+                retire: false,
                 head_started: Instant::now(),
                 last_task: None,
                 fail_with: None,
@@ -607,6 +611,12 @@ impl Supervisor {
                 w.last_task = Some(ran);
                 w.head_started = now;
                 tracing::trace!(task, pid = w.pid, ?ran, "task done");
+                if let Some(cap) = self.config.max_memory_per_child {
+                    if launch::resident_bytes(w.pid).is_some_and(|rss| rss > cap) {
+                        tracing::debug!(pid = w.pid, cap, "worker over its memory cap");
+                        w.retire = true;
+                    }
+                }
                 t.resolve(outcomes.into_iter().map(raw_outcome).collect());
             }
             (reply, head) => {
@@ -639,11 +649,7 @@ impl Supervisor {
         let Some(w) = self.workers.get(&token) else {
             return;
         };
-        let spent = self
-            .config
-            .max_tasks_per_child
-            .is_some_and(|max| w.dispatched >= max);
-        if spent && w.inflight.is_empty() && w.phase == Phase::Ready {
+        if w.retire && w.inflight.is_empty() && w.phase == Phase::Ready {
             tracing::debug!(pid = w.pid, tasks = w.dispatched, "recycling worker");
             self.close_conn(token, EXIT_GRACE);
         }
@@ -664,6 +670,20 @@ impl Supervisor {
             };
         }
         self.publish_pids();
+    }
+
+    /// Ends a worker: SIGTERM, then SIGKILL after `grace` (at once if zero); its
+    /// running task (or its start) fails with `reason`.
+    fn end(&mut self, token: Token, reason: JobError, grace: Duration) {
+        if grace.is_zero() {
+            return self.kill(token, reason);
+        }
+        let Some(w) = self.workers.get_mut(&token) else {
+            return;
+        };
+        w.fail_with.get_or_insert(reason);
+        let _ = kill(Pid::from_raw(w.pid as i32), Signal::SIGTERM);
+        self.close_conn(token, grace);
     }
 
     /// Ends a worker now; its running task (or its start) fails with `reason`.
@@ -707,7 +727,7 @@ impl Supervisor {
                 }
                 Ok(None) => match w.phase {
                     Phase::Ready if w.head_deadline().is_some_and(|d| now >= d) => {
-                        self.kill(token, JobError::Timeout);
+                        self.end(token, JobError::Timeout, self.config.timeout_grace);
                     }
                     Phase::Starting { deadline } if now >= deadline => {
                         let message = format!(
@@ -831,8 +851,8 @@ impl Supervisor {
                     };
                     w.phase == Phase::Ready
                         && w.conn.is_some()
+                        && !w.retire
                         && w.inflight.len() < room
-                        && max_tasks.is_none_or(|m| w.dispatched < m)
                 })
                 .min_by_key(|(_, w)| w.inflight.len())
             else {
@@ -847,6 +867,9 @@ impl Supervisor {
             }
             conn.queue(task.frame.clone());
             w.dispatched += 1;
+            if max_tasks.is_some_and(|m| w.dispatched >= m) {
+                w.retire = true;
+            }
             w.inflight.push_back(Inflight::Task(task));
             touched.push(token);
         }
@@ -897,8 +920,7 @@ impl Supervisor {
                     t.fail(error.clone());
                 }
             }
-            let _ = kill(Pid::from_raw(w.pid as i32), Signal::SIGTERM);
-            self.close_conn(token, grace);
+            self.end(token, error.clone(), grace);
         }
     }
 

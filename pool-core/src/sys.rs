@@ -11,10 +11,17 @@ use std::process::Command;
 /// exits (PR_SET_PDEATHSIG; the supervisor thread forks every worker and lives as long
 /// as the pool), fails the spawn if the supervisor already died before that took
 /// effect, clears close-on-exec on its copy of `fd` only (other workers spawned at the
-/// same time must not inherit this worker's channel), and ignores SIGINT.
-pub(crate) fn prepare_worker(command: &mut Command, fd: RawFd, supervisor_pid: i32) {
+/// same time must not inherit this worker's channel), ignores SIGINT, and caps its
+/// address space at `address_space` bytes if given (RLIMIT_AS: allocations past it
+/// fail, which in Rust aborts the worker).
+pub(crate) fn prepare_worker(
+    command: &mut Command,
+    fd: RawFd,
+    supervisor_pid: i32,
+    address_space: Option<u64>,
+) {
     // SAFETY: the closure runs in the forked child before exec. It calls only
-    // async-signal-safe functions (prctl, getppid, fcntl, signal), allocates nothing
+    // async-signal-safe functions (prctl, getppid, fcntl, signal, setrlimit), allocates nothing
     // (io::Error::from_raw_os_error does not allocate) and touches no lock.
     unsafe {
         command.pre_exec(move || {
@@ -36,6 +43,15 @@ pub(crate) fn prepare_worker(command: &mut Command, fd: RawFd, supervisor_pid: i
             }
             if libc::signal(libc::SIGINT, libc::SIG_IGN) == libc::SIG_ERR {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(bytes) = address_space {
+                let limit = libc::rlimit {
+                    rlim_cur: bytes as libc::rlim_t,
+                    rlim_max: bytes as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });

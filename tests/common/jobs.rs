@@ -144,3 +144,18 @@ impl Serialize for Unserializable {
 pub fn unencodable() -> Unserializable {
     Unserializable
 }
+
+/// Allocates `mib` MiB, touches every page, and leaks it; returns the worker's pid.
+#[job]
+pub fn leak_mib(mib: usize) -> u32 {
+    let block = vec![1u8; mib << 20];
+    std::mem::forget(std::hint::black_box(block));
+    std::process::id()
+}
+
+/// Reserves `gib` GiB without touching it (cheap, unless the address space is capped).
+#[job]
+pub fn reserve_gib(gib: usize) -> usize {
+    let block: Vec<u8> = Vec::with_capacity(gib << 30);
+    std::hint::black_box(block).capacity() >> 30
+}
