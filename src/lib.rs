@@ -52,7 +52,7 @@
 //! worker) and `pool-macros` (`#[job]`).
 
 pub use pool_core::{
-    AsCompleted, AsyncResult, Codec, Error, Imap, JobError, JobInfo, Pool, PoolBuilder,
+    AsCompleted, AsyncResult, Codec, Error, Imap, JobError, JobInfo, LostCause, Pool, PoolBuilder,
     TaskOptions, WaitFor, WithPositions, as_completed, default_chunksize, describe_exitcode, wait,
 };
 pub use pool_macros::job;

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use common::*;
 use nix::sys::signal::Signal;
-use procpool::JobError;
+use procpool::{JobError, Pool};
 
 procpool::test_harness!();
 
@@ -26,15 +26,25 @@ fn killed_worker_fails_only_its_task() {
     });
     let (victim, results) = results;
     let lost: Vec<&JobError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert_eq!(
-        lost,
-        vec![&JobError::WorkerLost {
-            pid: victim,
-            exitcode: -9,
-            attempts: 1,
-        }],
-        "exactly the killed worker's task fails"
-    );
+    match lost.as_slice() {
+        [
+            JobError::WorkerLost {
+                pid,
+                exitcode: -9,
+                attempts: 1,
+                cause,
+            },
+        ] => {
+            assert_eq!(*pid, victim);
+            assert_ne!(
+                cause.oom_killed,
+                Some(true),
+                "a kill by hand is not an OOM kill"
+            );
+            assert!(cause.peak_rss.is_some_and(|r| r > 0), "{cause:?}");
+        }
+        other => panic!("expected exactly the killed worker's task to fail: {other:?}"),
+    }
     assert!(
         results.iter().flatten().all(|&pid| pid != victim),
         "the victim finished nothing after its death"
@@ -131,5 +141,26 @@ fn a_storm_of_crashes_resolves_every_task_exactly_once() {
         }
     }
     assert!(eventually(|| pool.worker_pids().len() == 2));
+    close_and_check(pool);
+}
+
+#[test]
+fn a_lost_worker_reports_its_last_stderr_lines() {
+    let pool = Pool::builder()
+        .processes(1)
+        .capture_stderr(5)
+        .build()
+        .unwrap();
+    match pool.apply(shout_and_abort, "the database is on fire".into()) {
+        Err(JobError::WorkerLost {
+            exitcode: -6,
+            cause,
+            ..
+        }) => {
+            let last = cause.stderr_tail.last().cloned().unwrap_or_default();
+            assert_eq!(last, "the database is on fire", "{:?}", cause.stderr_tail);
+        }
+        other => panic!("expected WorkerLost, got {other:?}"),
+    }
     close_and_check(pool);
 }

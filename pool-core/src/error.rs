@@ -16,9 +16,9 @@ pub enum JobError {
     /// The worker process died while running the task (signal, abort, `exit`, OOM).
     /// `exitcode` follows `multiprocessing`: `>0` exit status, `<0` minus the signal.
     /// `pid` and `exitcode` are the last worker's; `attempts` counts the runs lost
-    /// (1 unless retries were configured).
+    /// (1 unless retries were configured); `cause` is what the kernel told about it.
     #[error(
-        "worker {pid} was lost while running the task: {}{}",
+        "worker {pid} was lost while running the task: {}{}{cause}",
         describe_exitcode(*.exitcode),
         if *.attempts > 1 { format!(" (after {} attempts)", .attempts) } else { String::new() }
     )]
@@ -26,6 +26,7 @@ pub enum JobError {
         pid: u32,
         exitcode: i32,
         attempts: u32,
+        cause: Box<LostCause>,
     },
     /// The task ran past its time limit; its worker was killed and replaced.
     #[error("task ran past its time limit; its worker was killed and replaced")]
@@ -78,6 +79,38 @@ impl JobError {
             JobError::WaitTimeout { .. } => "WaitTimeout",
             JobError::ResultTaken => "ResultTaken",
         }
+    }
+}
+
+/// What is known about why a worker died, beyond its exitcode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LostCause {
+    /// Whether the kernel's OOM killer ended it: `Some(true)` if it died of SIGKILL
+    /// while the OOM-kill count of its cgroup rose, `Some(false)` if it died of SIGKILL
+    /// and the count did not move, `None` when unknown (another way of dying, or no
+    /// cgroup v2 `memory.events` to read). Another process of the same cgroup killed at
+    /// the same moment would also raise the count: `Some(true)` means "very likely".
+    pub oom_killed: Option<bool>,
+    /// The worker's peak resident memory, in bytes.
+    pub peak_rss: Option<u64>,
+    /// Its last lines of stderr (with `PoolBuilder::capture_stderr`), oldest first.
+    pub stderr_tail: Vec<String>,
+}
+
+impl std::fmt::Display for LostCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.oom_killed {
+            Some(true) => write!(f, "; killed by the OOM killer")?,
+            Some(false) => write!(f, "; not the OOM killer")?,
+            None => {}
+        }
+        if let Some(rss) = self.peak_rss {
+            write!(f, "; peak RSS {:.1} MiB", rss as f64 / (1 << 20) as f64)?;
+        }
+        if let Some(last) = self.stderr_tail.last() {
+            write!(f, "; last stderr line: {last}")?;
+        }
+        Ok(())
     }
 }
 

@@ -22,6 +22,8 @@ pub(crate) struct LaunchSpec {
     pub address_space: Option<u64>,
     /// Send the worker's stdout to /dev/null (a test harness prints its own chatter).
     pub quiet_stdout: bool,
+    /// Pipe the worker's stderr to the supervisor (for `capture_stderr`).
+    pub capture_stderr: bool,
 }
 
 /// A started worker: the process and the supervisor's end of its stream.
@@ -46,6 +48,9 @@ pub(crate) fn launch(spec: &LaunchSpec) -> io::Result<Launched> {
     if spec.quiet_stdout {
         command.stdout(Stdio::null());
     }
+    if spec.capture_stderr {
+        command.stderr(Stdio::piped());
+    }
     sys::prepare_worker(
         &mut command,
         theirs.as_raw_fd(),
@@ -60,13 +65,31 @@ pub(crate) fn launch(spec: &LaunchSpec) -> io::Result<Launched> {
     })
 }
 
-/// `multiprocessing`'s exitcode for a finished process: the exit status, or minus the
-/// number of the signal that ended it.
-pub(crate) fn exitcode(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .unwrap_or_else(|| -status.signal().unwrap_or(0))
+/// The number of OOM kills in this process's memory cgroup so far: cgroup v2's
+/// `memory.events`, or v1's `memory.oom_control`; `None` where neither is readable.
+pub(crate) fn cgroup_oom_kills() -> Option<u64> {
+    static COUNTER: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let path = COUNTER.get_or_init(|| {
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let v1 = cgroups.lines().find_map(|l| {
+            let (_, rest) = l.split_once(':')?;
+            rest.strip_prefix("memory:")
+        });
+        let v2 = cgroups.lines().find_map(|l| l.strip_prefix("0::"));
+        [
+            v1.map(|d| format!("/sys/fs/cgroup/memory{}/memory.oom_control", d.trim_end())),
+            v2.map(|d| format!("/sys/fs/cgroup{}/memory.events", d.trim_end())),
+        ]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    });
+    let counters = std::fs::read_to_string(path.as_ref()?).ok()?;
+    counters
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// Resident memory of process `pid` in bytes, from `/proc/<pid>/statm`.

@@ -25,11 +25,12 @@ mod imap;
 mod launch;
 mod pool;
 mod result;
+mod stderr;
 mod supervisor;
 mod sys;
 mod wait;
 
-pub use error::{Error, JobError, TaskOptions, describe_exitcode};
+pub use error::{Error, JobError, LostCause, TaskOptions, describe_exitcode};
 pub use imap::{Imap, WithPositions};
 pub use pool::{JobInfo, Pool, PoolBuilder, TEST_ENTRY, TestHarness, default_chunksize};
 pub use pool_worker::Codec;

@@ -37,6 +37,8 @@ pub(crate) struct Config {
     pub max_start_failures: u32,
     pub max_memory_per_child: Option<u64>,
     pub timeout_grace: Duration,
+    /// Lines of each worker's stderr kept for `WorkerLost` (0: stderr not captured).
+    pub stderr_lines: usize,
 }
 
 /// Marks a test binary whose `#[test]` entry serves as a worker; submitted by
@@ -80,6 +82,7 @@ pub struct PoolBuilder {
     max_memory_per_child: Option<u64>,
     memory_limit: Option<u64>,
     timeout_grace: Duration,
+    stderr_lines: usize,
 }
 
 impl Default for PoolBuilder {
@@ -100,6 +103,7 @@ impl Default for PoolBuilder {
             max_memory_per_child: None,
             memory_limit: None,
             timeout_grace: Duration::ZERO,
+            stderr_lines: 0,
         }
     }
 }
@@ -223,6 +227,15 @@ impl PoolBuilder {
         self
     }
 
+    /// Capture each worker's stderr instead of letting it inherit this process's: every
+    /// line becomes a `tracing` event (target `procpool::worker_stderr`, level INFO),
+    /// and the last `lines` of a worker that dies are attached to its `WorkerLost`
+    /// (an abort or panic message is usually there). Default: 0, not captured.
+    pub fn capture_stderr(mut self, lines: usize) -> Self {
+        self.stderr_lines = lines;
+        self
+    }
+
     /// Starts the workers and waits until all of them have completed their handshake.
     pub fn build(self) -> Result<Pool, Error> {
         if pool_worker::missing_init() {
@@ -253,6 +266,7 @@ impl PoolBuilder {
         let mut launch = launch_spec(self.worker_executable, self.worker_args)?;
         launch.env = self.worker_env;
         launch.address_space = self.memory_limit;
+        launch.capture_stderr = self.stderr_lines > 0;
         let config = Arc::new(Config {
             processes,
             initializer,
@@ -265,6 +279,7 @@ impl PoolBuilder {
             max_start_failures: self.max_start_failures.max(1),
             max_memory_per_child: self.max_memory_per_child,
             timeout_grace: self.timeout_grace,
+            stderr_lines: self.stderr_lines,
         });
 
         let poll = mio::Poll::new()?;
@@ -318,6 +333,7 @@ fn launch_spec(executable: Option<PathBuf>, args: Vec<OsString>) -> Result<Launc
             env: Vec::new(),
             address_space: None,
             quiet_stdout: false,
+            capture_stderr: false,
         });
     }
     let executable = std::env::current_exe()?;
@@ -346,6 +362,7 @@ fn launch_spec(executable: Option<PathBuf>, args: Vec<OsString>) -> Result<Launc
             env: Vec::new(),
             address_space: None,
             quiet_stdout: true,
+            capture_stderr: false,
         });
     }
     Ok(LaunchSpec {
@@ -354,6 +371,7 @@ fn launch_spec(executable: Option<PathBuf>, args: Vec<OsString>) -> Result<Launc
         env: Vec::new(),
         address_space: None,
         quiet_stdout: false,
+        capture_stderr: false,
     })
 }
 

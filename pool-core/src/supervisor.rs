@@ -26,11 +26,15 @@ use pool_worker::protocol::{self, Hello, Outcome, Reply};
 
 use crate::TaskOptions;
 use crate::conn::{Conn, ReadEnd};
-use crate::error::{Error, JobError, describe_exitcode};
-use crate::launch::{self, exitcode};
+use crate::error::{Error, JobError, LostCause, describe_exitcode};
+use crate::launch;
 use crate::pool::{Accepting, Config, JobTable, Shared};
 use crate::result::{RawOutcome, Sink};
+use crate::stderr::StderrTap;
+use crate::sys::{self, Reaped};
 
+/// The waker's token. Worker `n` has token `2n` for its stream and `2n + 1` for its
+/// captured stderr.
 pub(crate) const WAKER: Token = Token(0);
 /// How long a worker whose stream closed may take to exit before SIGKILL.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
@@ -130,6 +134,10 @@ struct Worker {
     fail_with: Option<JobError>,
     /// `worker` span (pid), entered while the supervisor handles this worker.
     span: tracing::Span,
+    /// Its stderr, when captured.
+    stderr: Option<StderrTap>,
+    /// The cgroup's OOM-kill count when it started.
+    oom_kills_at_start: Option<u64>,
 }
 
 impl Worker {
@@ -185,7 +193,7 @@ impl Supervisor {
             shared,
             config,
             workers: HashMap::new(),
-            next_token: 1,
+            next_token: 2,
             queue: VecDeque::new(),
             phase: PoolPhase::Running,
             jobs: None,
@@ -220,6 +228,10 @@ impl Supervisor {
             for (token, readable, writable) in ready {
                 if token == WAKER {
                     self.take_commands();
+                    continue;
+                }
+                if token.0 % 2 == 1 {
+                    self.read_stderr(Token(token.0 - 1));
                     continue;
                 }
                 if writable {
@@ -363,16 +375,27 @@ impl Supervisor {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
-        let launched = launch::launch(&self.config.launch)?;
+        let mut launched = launch::launch(&self.config.launch)?;
         launched.stream.set_nonblocking(true)?;
         let mut stream = mio::net::UnixStream::from_std(launched.stream);
         let token = Token(self.next_token);
-        self.next_token += 1;
+        self.next_token += 2;
         self.poll.registry().register(
             &mut stream,
             token,
             Interest::READABLE | Interest::WRITABLE,
         )?;
+        let stderr = match launched.child.stderr.take() {
+            Some(pipe) => {
+                let mut pipe = mio::unix::pipe::Receiver::from(pipe);
+                pipe.set_nonblocking(true)?;
+                self.poll
+                    .registry()
+                    .register(&mut pipe, Token(token.0 + 1), Interest::READABLE)?;
+                Some(StderrTap::new(pipe, self.config.stderr_lines))
+            }
+            None => None,
+        };
         let pid = launched.child.id();
         let span = tracing::info_span!("worker", pid);
         span.in_scope(|| tracing::debug!("worker started"));
@@ -393,6 +416,8 @@ impl Supervisor {
                 last_task: None,
                 fail_with: None,
                 span,
+                stderr,
+                oom_kills_at_start: launch::cgroup_oom_kills(),
             },
         );
         self.publish_pids();
@@ -560,6 +585,19 @@ impl Supervisor {
         }
     }
 
+    fn read_stderr(&mut self, token: Token) {
+        let Some(w) = self.workers.get_mut(&token) else {
+            return;
+        };
+        let pid = w.pid;
+        if w.stderr.as_mut().is_some_and(|tap| tap.drain(pid)) {
+            // At its end: stop watching, but keep the tail for the worker's exit.
+            if let Some(tap) = w.stderr.as_mut() {
+                let _ = self.poll.registry().deregister(&mut tap.pipe);
+            }
+        }
+    }
+
     fn on_frame(&mut self, token: Token, body: &[u8]) {
         let Some(w) = self.workers.get(&token) else {
             return;
@@ -717,13 +755,13 @@ impl Supervisor {
             let Some(w) = self.workers.get_mut(&token) else {
                 continue;
             };
-            match w.child.try_wait() {
-                Ok(Some(status)) => {
+            match sys::reap(w.pid, false) {
+                Ok(Some(reaped)) => {
                     // Anything it wrote before dying is still in the socket: take it.
                     if w.conn.is_some() {
                         self.read(token);
                     }
-                    self.on_exit(token, exitcode(status));
+                    self.on_exit(token, reaped);
                 }
                 Ok(None) => match w.phase {
                     Phase::Ready if w.head_deadline().is_some_and(|d| now >= d) => {
@@ -755,10 +793,16 @@ impl Supervisor {
         }
     }
 
-    fn on_exit(&mut self, token: Token, code: i32) {
+    fn on_exit(&mut self, token: Token, reaped: Reaped) {
+        // Its last words are in the pipe already: read them before they are needed.
+        self.read_stderr(token);
         let Some(mut w) = self.workers.remove(&token) else {
             return;
         };
+        if let Some(tap) = w.stderr.as_mut() {
+            let _ = self.poll.registry().deregister(&mut tap.pipe);
+        }
+        let code = reaped.exitcode;
         let span = w.span.clone();
         let _worker = span.enter();
         if let Some(mut conn) = w.conn.take() {
@@ -805,6 +849,7 @@ impl Supervisor {
                             pid,
                             exitcode: code,
                             attempts: task.lost_runs,
+                            cause: Box::new(lost_cause(&w, &reaped)),
                         };
                         tracing::warn!(task = task.id, %error, "worker lost with a task");
                         task.fail(error);
@@ -937,7 +982,7 @@ impl Supervisor {
                 }
             }
             let _ = w.child.kill();
-            let _ = w.child.wait();
+            let _ = sys::reap(w.pid, true);
         }
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(Err(Error::WorkerStart {
@@ -962,6 +1007,23 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         self.kill_all_and_reap();
         self.shared.set_finished();
+    }
+}
+
+/// What is known of why `w` died, for its `WorkerLost`.
+fn lost_cause(w: &Worker, reaped: &Reaped) -> LostCause {
+    let oom_killed = if reaped.exitcode == -(Signal::SIGKILL as i32) {
+        match (w.oom_kills_at_start, launch::cgroup_oom_kills()) {
+            (Some(before), Some(after)) => Some(after > before),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    LostCause {
+        oom_killed,
+        peak_rss: Some(reaped.peak_rss).filter(|r| *r > 0),
+        stderr_tail: w.stderr.as_ref().map(StderrTap::tail).unwrap_or_default(),
     }
 }
 

@@ -57,3 +57,48 @@ pub(crate) fn prepare_worker(
         });
     }
 }
+
+/// How a reaped worker ended.
+pub(crate) struct Reaped {
+    /// `multiprocessing`'s exitcode: the exit status, or minus the signal.
+    pub exitcode: i32,
+    /// Peak resident memory in bytes (the kernel's `ru_maxrss`).
+    pub peak_rss: u64,
+}
+
+/// Reaps child `pid` if it has ended (or waits for it when `block`), with its resource
+/// usage. Only the supervisor thread reaps, and it forgets the pid right after, so the
+/// pid cannot be signalled after the kernel has reused it.
+pub(crate) fn reap(pid: u32, block: bool) -> io::Result<Option<Reaped>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let flags = if block { 0 } else { libc::WNOHANG };
+    loop {
+        // SAFETY: wait4 writes only into the two locals passed by pointer, which
+        // outlive the call.
+        let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, flags, &mut usage) };
+        if r == 0 {
+            return Ok(None);
+        }
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let exitcode = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else if libc::WIFSIGNALED(status) {
+            -libc::WTERMSIG(status)
+        } else {
+            // Stopped or continued: not an end; WUNTRACED/WCONTINUED are not asked for.
+            return Ok(None);
+        };
+        return Ok(Some(Reaped {
+            exitcode,
+            peak_rss: (usage.ru_maxrss.max(0) as u64) * 1024,
+        }));
+    }
+}

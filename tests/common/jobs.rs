@@ -159,3 +159,10 @@ pub fn reserve_gib(gib: usize) -> usize {
     let block: Vec<u8> = Vec::with_capacity(gib << 30);
     std::hint::black_box(block).capacity() >> 30
 }
+
+/// Writes `message` to stderr, then aborts.
+#[job]
+pub fn shout_and_abort(message: String) {
+    eprintln!("{message}");
+    std::process::abort();
+}
