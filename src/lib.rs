@@ -53,7 +53,8 @@
 
 pub use pool_core::{
     AsCompleted, AsyncResult, Codec, Error, Imap, JobError, JobInfo, LostCause, Pool, PoolBuilder,
-    TaskOptions, WaitFor, WithPositions, as_completed, default_chunksize, describe_exitcode, wait,
+    StartMethod, TaskOptions, WaitFor, WithPositions, as_completed, default_chunksize,
+    describe_exitcode, wait,
 };
 pub use pool_macros::job;
 pub use pool_worker::{Job, JobEntry};

@@ -3,17 +3,36 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use pool_worker::protocol::{ENV_SUPERVISOR_PID, ENV_WORKER_FD};
 
 use crate::sys;
 
+/// How a pool starts its workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartMethod {
+    /// Execute the worker program (this program unless another is given): a fresh
+    /// process, always safe. The default.
+    #[default]
+    Spawn,
+    /// Fork the supervisor itself: no exec, so the fastest start, and the worker has
+    /// every job this program has. The child is a copy of a multithreaded process: it
+    /// only serves jobs, and a job must not rely on locks or threads of the parent
+    /// (what Python's `fork` method warns about too). Refuses `worker_executable`,
+    /// `worker_args` and `worker_env`, which need an exec. Under the libtest harness,
+    /// `print!`/`eprint!` in a forked worker go to the harness's per-thread capture,
+    /// not to the descriptors: write to `io::stdout()`/`io::stderr()` directly there.
+    Fork,
+}
+
 /// How to start a worker: which program, with which arguments.
 #[derive(Clone, Debug)]
 pub(crate) struct LaunchSpec {
+    pub method: StartMethod,
     pub executable: PathBuf,
     pub args: Vec<OsString>,
     /// Extra environment variables for the worker.
@@ -26,16 +45,50 @@ pub(crate) struct LaunchSpec {
     pub capture_stderr: bool,
 }
 
-/// A started worker: the process and the supervisor's end of its stream.
+/// A started worker: its pid, the supervisor's end of its stream, and its stderr when
+/// captured.
 pub(crate) struct Launched {
-    pub child: Child,
+    pub pid: u32,
     pub stream: UnixStream,
+    pub stderr: Option<OwnedFd>,
 }
 
 /// Starts one worker. The child end of the stream reaches the worker as an inherited
 /// descriptor named in the environment: no listening socket and no `accept` that could
 /// wait forever for a worker that died before connecting.
 pub(crate) fn launch(spec: &LaunchSpec) -> io::Result<Launched> {
+    match spec.method {
+        StartMethod::Spawn => spawn(spec),
+        StartMethod::Fork => fork(spec),
+    }
+}
+
+fn fork(spec: &LaunchSpec) -> io::Result<Launched> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let theirs = OwnedFd::from(theirs);
+    let pipe = if spec.capture_stderr {
+        Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+    } else {
+        None
+    };
+    let stdio = sys::ForkStdio {
+        stderr: pipe.as_ref().map(|(_, write)| write),
+        quiet_stdout: spec.quiet_stdout,
+    };
+    let pid = sys::fork_worker(
+        &theirs,
+        std::process::id() as i32,
+        spec.address_space,
+        stdio,
+    )?;
+    Ok(Launched {
+        pid,
+        stream: ours,
+        stderr: pipe.map(|(read, _)| read),
+    })
+}
+
+fn spawn(spec: &LaunchSpec) -> io::Result<Launched> {
     let (ours, theirs) = UnixStream::pair()?;
     let mut command = Command::new(&spec.executable);
     command
@@ -57,11 +110,14 @@ pub(crate) fn launch(spec: &LaunchSpec) -> io::Result<Launched> {
         std::process::id() as i32,
         spec.address_space,
     );
-    let child = command.spawn()?;
+    let mut child = command.spawn()?;
     drop(theirs);
+    // From here the supervisor handles the process by pid: it alone reaps it (wait4,
+    // for the resource usage), and dropping `Child` neither waits nor kills.
     Ok(Launched {
-        child,
+        pid: child.id(),
         stream: ours,
+        stderr: child.stderr.take().map(OwnedFd::from),
     })
 }
 

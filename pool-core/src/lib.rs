@@ -32,6 +32,7 @@ mod wait;
 
 pub use error::{Error, JobError, LostCause, TaskOptions, describe_exitcode};
 pub use imap::{Imap, WithPositions};
+pub use launch::StartMethod;
 pub use pool::{JobInfo, Pool, PoolBuilder, TEST_ENTRY, TestHarness, default_chunksize};
 pub use pool_worker::Codec;
 pub use result::AsyncResult;

@@ -17,7 +17,7 @@ use serde_bytes::ByteBuf;
 
 use crate::error::{Error, JobError, TaskOptions};
 use crate::imap::Imap;
-use crate::launch::LaunchSpec;
+use crate::launch::{LaunchSpec, StartMethod};
 use crate::result::{
     AsyncResult, Canceller, CollectSink, Finish, OneSink, RawOutcome, Sink, Slot, decode,
 };
@@ -83,6 +83,7 @@ pub struct PoolBuilder {
     memory_limit: Option<u64>,
     timeout_grace: Duration,
     stderr_lines: usize,
+    start_method: StartMethod,
 }
 
 impl Default for PoolBuilder {
@@ -104,6 +105,7 @@ impl Default for PoolBuilder {
             memory_limit: None,
             timeout_grace: Duration::ZERO,
             stderr_lines: 0,
+            start_method: StartMethod::Spawn,
         }
     }
 }
@@ -236,6 +238,13 @@ impl PoolBuilder {
         self
     }
 
+    /// How workers are started: [`StartMethod::Spawn`] (default, exec) or
+    /// [`StartMethod::Fork`] (fork the supervisor, no exec).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.start_method = method;
+        self
+    }
+
     /// Starts the workers and waits until all of them have completed their handshake.
     pub fn build(self) -> Result<Pool, Error> {
         if pool_worker::missing_init() {
@@ -263,7 +272,19 @@ impl PoolBuilder {
                 )));
             }
         };
+        if self.start_method == StartMethod::Fork
+            && (self.worker_executable.is_some()
+                || !self.worker_args.is_empty()
+                || !self.worker_env.is_empty())
+        {
+            return Err(Error::Config(
+                "worker_executable, worker_args and worker_env need an exec: use \
+                 StartMethod::Spawn with them"
+                    .into(),
+            ));
+        }
         let mut launch = launch_spec(self.worker_executable, self.worker_args)?;
+        launch.method = self.start_method;
         launch.env = self.worker_env;
         launch.address_space = self.memory_limit;
         launch.capture_stderr = self.stderr_lines > 0;
@@ -328,6 +349,7 @@ impl PoolBuilder {
 fn launch_spec(executable: Option<PathBuf>, args: Vec<OsString>) -> Result<LaunchSpec, Error> {
     if let Some(executable) = executable {
         return Ok(LaunchSpec {
+            method: StartMethod::Spawn,
             executable,
             args,
             env: Vec::new(),
@@ -357,6 +379,7 @@ fn launch_spec(executable: Option<PathBuf>, args: Vec<OsString>) -> Result<Launc
         .collect();
         harness_args.extend(args);
         return Ok(LaunchSpec {
+            method: StartMethod::Spawn,
             executable,
             args: harness_args,
             env: Vec::new(),
@@ -366,6 +389,7 @@ fn launch_spec(executable: Option<PathBuf>, args: Vec<OsString>) -> Result<Launc
         });
     }
     Ok(LaunchSpec {
+        method: StartMethod::Spawn,
         executable,
         args,
         env: Vec::new(),

@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::{Events, Interest, Poll, Token};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use pool_worker::protocol::{self, Hello, Outcome, Reply};
 
 use crate::TaskOptions;
@@ -112,7 +111,6 @@ enum Phase {
 
 struct Worker {
     pid: u32,
-    child: std::process::Child,
     conn: Option<Conn>,
     phase: Phase,
     /// Sent and not yet answered, in the order the worker will answer.
@@ -385,7 +383,7 @@ impl Supervisor {
             token,
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        let stderr = match launched.child.stderr.take() {
+        let stderr = match launched.stderr.take() {
             Some(pipe) => {
                 let mut pipe = mio::unix::pipe::Receiver::from(pipe);
                 pipe.set_nonblocking(true)?;
@@ -396,14 +394,13 @@ impl Supervisor {
             }
             None => None,
         };
-        let pid = launched.child.id();
+        let pid = launched.pid;
         let span = tracing::info_span!("worker", pid);
         span.in_scope(|| tracing::debug!("worker started"));
         self.workers.insert(
             token,
             Worker {
                 pid,
-                child: launched.child,
                 conn: Some(Conn::new(stream, self.config.max_message_size)),
                 phase: Phase::Starting {
                     deadline: Instant::now() + self.config.start_timeout,
@@ -720,7 +717,7 @@ impl Supervisor {
             return;
         };
         w.fail_with.get_or_insert(reason);
-        let _ = kill(Pid::from_raw(w.pid as i32), Signal::SIGTERM);
+        sys::signal(w.pid, Signal::SIGTERM);
         self.close_conn(token, grace);
     }
 
@@ -732,7 +729,7 @@ impl Supervisor {
         w.span
             .in_scope(|| tracing::warn!(%reason, "killing worker"));
         w.fail_with.get_or_insert(reason);
-        let _ = w.child.kill();
+        sys::signal(w.pid, Signal::SIGKILL);
         self.close_conn(token, Duration::ZERO);
     }
 
@@ -776,7 +773,7 @@ impl Supervisor {
                         self.kill(token, start_error(message));
                     }
                     Phase::Exiting { kill_at } if now >= kill_at => {
-                        let _ = w.child.kill();
+                        sys::signal(w.pid, Signal::SIGKILL);
                     }
                     _ => {}
                 },
@@ -981,7 +978,7 @@ impl Supervisor {
                     t.fail(JobError::Terminated);
                 }
             }
-            let _ = w.child.kill();
+            sys::signal(w.pid, Signal::SIGKILL);
             let _ = sys::reap(w.pid, true);
         }
         if let Some(ready) = self.ready.take() {

@@ -31,7 +31,7 @@ mod sys;
 
 pub use codec::Codec;
 pub use job::{Job, JobEntry, Registry, panic_message};
-pub use serve::{launched_as_worker, missing_init, serve_if_worker};
+pub use serve::{launched_as_worker, missing_init, serve_forked, serve_if_worker};
 
 /// Used by the code that `#[job]` generates; not part of the public API.
 #[doc(hidden)]

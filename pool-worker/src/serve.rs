@@ -1,7 +1,7 @@
 //! The worker's side: announce the jobs, then run requests until the stream ends.
 
 use std::io::{self, BufReader};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,6 +20,8 @@ use crate::sys;
 static BUSY: AtomicBool = AtomicBool::new(false);
 /// Set once this process has started serving, so a pool built by a job is allowed.
 static SERVING: AtomicBool = AtomicBool::new(false);
+/// Set in a worker forked from its supervisor (no exec): it must leave with `_exit`.
+static FORKED: AtomicBool = AtomicBool::new(false);
 
 /// Whether a supervisor started this process as a worker (its environment says so).
 pub fn launched_as_worker() -> bool {
@@ -40,7 +42,33 @@ pub fn serve_if_worker() {
         return;
     };
     SERVING.store(true, Ordering::SeqCst);
-    let code = match serve(&fd.to_string_lossy()) {
+    let code = exit_code(serve(&fd.to_string_lossy()));
+    leave(code)
+}
+
+/// Serves on `fd` in a worker forked from its supervisor (the `Fork` start method),
+/// then exits. The supervisor has already set up the process (parent-death signal,
+/// descriptors, SIGINT); `fd` is this worker's end of its stream.
+pub fn serve_forked(fd: RawFd) -> ! {
+    FORKED.store(true, Ordering::SeqCst);
+    SERVING.store(true, Ordering::SeqCst);
+    let served = sys::adopt_stream(fd)
+        .map_err(ProtocolError::from)
+        .and_then(serve_stream);
+    leave(exit_code(served))
+}
+
+/// Ends the worker process. A forked worker is a copy of a multithreaded supervisor:
+/// `exit` would run handlers that may wait on locks other threads held at the fork.
+fn leave(code: i32) -> ! {
+    if FORKED.load(Ordering::SeqCst) {
+        sys::exit_immediately(code)
+    }
+    std::process::exit(code)
+}
+
+fn exit_code(served: Result<(), ProtocolError>) -> i32 {
+    match served {
         Ok(()) => 0,
         // The supervisor went away (closed the pool while this worker was starting,
         // or died): a normal end for a worker, nothing to report.
@@ -57,8 +85,7 @@ pub fn serve_if_worker() {
             eprintln!("procpool worker {}: {e}", std::process::id());
             2
         }
-    };
-    std::process::exit(code)
+    }
 }
 
 fn serve(fd: &str) -> Result<(), ProtocolError> {
@@ -67,7 +94,10 @@ fn serve(fd: &str) -> Result<(), ProtocolError> {
         .parse()
         .map_err(|_| io::Error::other(format!("{ENV_WORKER_FD}={fd:?} is not a number")))?;
     check_supervisor_alive()?;
-    let stream = sys::adopt_stream(fd)?;
+    serve_stream(sys::adopt_stream(fd)?)
+}
+
+fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
     let watchdog = stream.try_clone()?;
     std::thread::Builder::new()
         .name("procpool-watchdog".into())
@@ -123,7 +153,7 @@ fn serve(fd: &str) -> Result<(), ProtocolError> {
         let failed_init = matches!(reply, Reply::InitFailed { .. });
         protocol::write_frame(&mut writer, &protocol::frame(&reply)?)?;
         if failed_init {
-            std::process::exit(1);
+            leave(1);
         }
     }
     Ok(())
@@ -177,7 +207,7 @@ fn watch_supervisor(stream: &UnixStream) {
                     while !BUSY.load(Ordering::SeqCst) {
                         std::thread::sleep(Duration::from_millis(50));
                     }
-                    std::process::exit(0);
+                    leave(0);
                 }
             }
             Err(nix::errno::Errno::EINTR) => continue,

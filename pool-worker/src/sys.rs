@@ -39,3 +39,10 @@ pub(crate) fn ignore_sigint() {
     // requirement applies, and it does not race with any handler of ours.
     let _ = unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) };
 }
+
+/// Ends the process at once, running no exit handlers and flushing nothing.
+pub(crate) fn exit_immediately(code: i32) -> ! {
+    // SAFETY: _exit takes no pointers and never returns; skipping exit handlers is the
+    // point (see `serve::leave`).
+    unsafe { libc::_exit(code) }
+}

@@ -160,9 +160,12 @@ pub fn reserve_gib(gib: usize) -> usize {
     std::hint::black_box(block).capacity() >> 30
 }
 
-/// Writes `message` to stderr, then aborts.
+/// Writes `message` to stderr (descriptor 2 itself, as a C library would: under the
+/// test harness `eprintln!` in a forked worker goes to the harness's capture), then
+/// aborts.
 #[job]
 pub fn shout_and_abort(message: String) {
-    eprintln!("{message}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{message}");
     std::process::abort();
 }

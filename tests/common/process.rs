@@ -64,9 +64,11 @@ pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-/// Asserts that none of `pids` is running, nor left as our zombie.
+/// Asserts that each of `pids` ends and is reaped (a worker that just exited is a
+/// zombie until the supervisor's next reap, so this waits a little).
 pub fn assert_gone(pids: &[u32]) {
     for &pid in pids {
+        eventually(|| !is_running(pid) && !is_our_zombie(pid));
         assert!(!is_running(pid), "worker {pid} is still running");
         assert!(!is_our_zombie(pid), "worker {pid} was left a zombie");
     }

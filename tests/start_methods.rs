@@ -1,0 +1,215 @@
+//! The same behaviour under every start method: `Spawn` (exec) and `Fork` (fork of the
+//! supervisor). Each scenario is one function, run once per method.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+use procpool::{JobError, Pool, PoolBuilder, StartMethod};
+
+procpool::test_harness!();
+
+fn builder(method: StartMethod) -> PoolBuilder {
+    Pool::builder().start_method(method)
+}
+
+fn results_and_errors(method: StartMethod) {
+    let pool = builder(method).processes(2).build().unwrap();
+    assert_eq!(pool.map(square, 0..500).unwrap()[499], 499 * 499);
+    assert_eq!(pool.apply(add, (2, 3)), Ok(5));
+    assert!(matches!(
+        pool.apply(crash, Crash::Panic),
+        Err(JobError::Panicked { .. })
+    ));
+    assert!(matches!(
+        pool.apply(fail_on_threes, 3),
+        Err(JobError::Failed { .. })
+    ));
+    close_and_check(pool);
+}
+
+fn crashes_fail_one_task_with_their_exitcode(method: StartMethod) {
+    let pool = builder(method).processes(2).build().unwrap();
+    let inputs = [
+        Crash::Abort,
+        Crash::None,
+        Crash::Segfault,
+        Crash::Exit(3),
+        Crash::None,
+    ];
+    let results = pool.map_results_chunked(crash, inputs, 1).unwrap();
+    let codes: Vec<Option<i32>> = results
+        .iter()
+        .map(|r| match r {
+            Ok(7) => None,
+            Err(JobError::WorkerLost { exitcode, .. }) => Some(*exitcode),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(codes, vec![Some(-6), None, Some(-11), Some(3), None]);
+    assert!(eventually(|| pool.worker_pids().len() == 2));
+    close_and_check(pool);
+}
+
+fn a_killed_worker_fails_only_its_task(method: StartMethod) {
+    let pool = builder(method).processes(3).build().unwrap();
+    let dir = scratch_dir(&format!("kill-{method:?}"));
+    let arg = (dir.to_string_lossy().into_owned(), 1000u64);
+    let results = std::thread::scope(|s| {
+        let run = s.spawn(|| pool.map_results(mark_and_sleep, vec![arg.clone(); 6]));
+        let victim = first_marker(&dir);
+        signal(victim, Signal::SIGKILL);
+        run.join().unwrap().unwrap()
+    });
+    let lost = results
+        .iter()
+        .filter(|r| matches!(r, Err(JobError::WorkerLost { exitcode: -9, .. })))
+        .count();
+    assert_eq!((lost, results.len() - lost), (1, 5));
+    assert!(eventually(|| pool.worker_pids().len() == 3));
+    close_and_check(pool);
+}
+
+fn limits_initializer_and_recycling(method: StartMethod) {
+    let pool = builder(method)
+        .processes(1)
+        .initializer(count_init, 1)
+        .max_tasks_per_child(2)
+        .task_timeout(Duration::from_millis(300))
+        .capture_stderr(3)
+        .build()
+        .unwrap();
+    assert_eq!(pool.apply(sleep_ms, 600_000), Err(JobError::Timeout));
+    let pids: Vec<u32> = (0..4)
+        .map(|_| pool.apply(worker_pid, ()).unwrap())
+        .collect();
+    assert_eq!(
+        (pids[0], pids[2]),
+        (pids[1], pids[3]),
+        "two tasks per worker: {pids:?}"
+    );
+    assert_ne!(pids[0], pids[2]);
+    assert_eq!(
+        pool.apply(init_runs, ()),
+        Ok(1),
+        "initializer ran once in this worker"
+    );
+    match pool.apply(shout_and_abort, "last words".into()) {
+        Err(JobError::WorkerLost { cause, .. }) => {
+            assert_eq!(
+                cause.stderr_tail.last().map(String::as_str),
+                Some("last words")
+            )
+        }
+        other => panic!("expected WorkerLost, got {other:?}"),
+    }
+    close_and_check(pool);
+}
+
+fn terminate_ends_everything(method: StartMethod) {
+    let pool = builder(method).processes(2).build().unwrap();
+    let pids = pool.worker_pids();
+    let pending: Vec<_> = (0..4)
+        .map(|_| pool.apply_async(sleep_ms, 600_000).unwrap())
+        .collect();
+    pool.terminate();
+    assert!(
+        pending
+            .into_iter()
+            .all(|r| r.get() == Err(JobError::Terminated))
+    );
+    assert_gone(&pids);
+}
+
+const ROLE: &str = "PROCPOOL_TEST_FORK_SUPERVISOR";
+
+#[test]
+#[ignore = "helper process: a supervisor with a forked pool"]
+fn role_fork_supervisor() {
+    if std::env::var(ROLE).is_err() {
+        return;
+    }
+    let pool = builder(StartMethod::Fork).processes(3).build().unwrap();
+    let _busy: Vec<_> = (0..3)
+        .map(|_| pool.apply_async(sleep_ms, 600_000).unwrap())
+        .collect();
+    println!("PIDS {:?}", pool.worker_pids());
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn forked_workers_die_with_their_supervisor() {
+    let mut supervisor = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "role_fork_supervisor",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(ROLE, "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = supervisor.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let line = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.split_once("PIDS ").map(|(_, p)| p.to_owned()));
+        let _ = tx.send(line);
+    });
+    let Some(line) = rx.recv_timeout(PATIENCE).ok().flatten() else {
+        let _ = supervisor.kill();
+        let _ = supervisor.wait();
+        panic!("the supervisor did not report its workers");
+    };
+    let pids: Vec<u32> = line
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3);
+    signal(supervisor.id(), Signal::SIGKILL);
+    supervisor.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && pids.iter().any(|&p| is_running(p)) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        pids.iter().all(|&p| !is_running(p)),
+        "forked workers outlived their supervisor"
+    );
+}
+
+#[test]
+fn fork_refuses_settings_that_need_an_exec() {
+    let err = builder(StartMethod::Fork)
+        .worker_executable("/bin/true")
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, procpool::Error::Config(_)), "{err}");
+}
+
+macro_rules! per_method {
+    ($($scenario:ident),* $(,)?) => {
+        mod spawn {
+            $(#[test] fn $scenario() { super::$scenario(procpool::StartMethod::Spawn) })*
+        }
+        mod fork {
+            $(#[test] fn $scenario() { super::$scenario(procpool::StartMethod::Fork) })*
+        }
+    };
+}
+
+per_method!(
+    results_and_errors,
+    crashes_fail_one_task_with_their_exitcode,
+    a_killed_worker_fails_only_its_task,
+    limits_initializer_and_recycling,
+    terminate_ends_everything,
+);
