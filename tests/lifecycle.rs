@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -232,44 +231,9 @@ fn role_supervisor() {
 
 #[test]
 fn workers_die_with_their_supervisor() {
-    let mut supervisor = role("role_supervisor")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("supervisor process starts");
-    let stdout = supervisor.stdout.take().expect("stdout");
-    // Read on a thread so a helper that never reports cannot hang this test.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let line = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.split_once("PIDS ").map(|(_, p)| p.to_owned()));
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(PATIENCE).ok().flatten();
-    let Some(line) = line else {
-        let _ = supervisor.kill();
-        let _ = supervisor.wait();
-        panic!("the supervisor did not report its workers");
-    };
-    let pids: Vec<u32> = line
-        .trim_matches(|c| c == '[' || c == ']')
-        .split(", ")
-        .map(|p| p.parse().expect("pid"))
-        .collect();
+    let (supervisor, pids) = start_reporting_supervisor(&mut role("role_supervisor"));
     assert_eq!(pids.len(), 4);
-    assert!(pids.iter().all(|&p| is_running(p)));
-    signal(supervisor.id(), Signal::SIGKILL);
-    supervisor.wait().expect("reap the supervisor");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline && pids.iter().any(|&p| is_running(p)) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let alive: Vec<u32> = pids.iter().copied().filter(|&p| is_running(p)).collect();
-    assert!(
-        alive.is_empty(),
-        "workers outlived their supervisor: {alive:?}"
-    );
+    kill_supervisor_and_check(supervisor, &pids);
 }
 
 #[test]

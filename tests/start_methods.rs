@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
@@ -143,47 +142,18 @@ fn role_fork_supervisor() {
 
 #[test]
 fn forked_workers_die_with_their_supervisor() {
-    let mut supervisor = Command::new(std::env::current_exe().unwrap())
+    let mut helper = Command::new(std::env::current_exe().unwrap());
+    helper
         .args([
             "role_fork_supervisor",
             "--exact",
             "--ignored",
             "--nocapture",
         ])
-        .env(ROLE, "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = supervisor.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let line = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.split_once("PIDS ").map(|(_, p)| p.to_owned()));
-        let _ = tx.send(line);
-    });
-    let Some(line) = rx.recv_timeout(PATIENCE).ok().flatten() else {
-        let _ = supervisor.kill();
-        let _ = supervisor.wait();
-        panic!("the supervisor did not report its workers");
-    };
-    let pids: Vec<u32> = line
-        .trim_matches(|c| c == '[' || c == ']')
-        .split(", ")
-        .map(|p| p.parse().unwrap())
-        .collect();
+        .env(ROLE, "1");
+    let (supervisor, pids) = start_reporting_supervisor(&mut helper);
     assert_eq!(pids.len(), 3);
-    signal(supervisor.id(), Signal::SIGKILL);
-    supervisor.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline && pids.iter().any(|&p| is_running(p)) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(
-        pids.iter().all(|&p| !is_running(p)),
-        "forked workers outlived their supervisor"
-    );
+    kill_supervisor_and_check(supervisor, &pids);
 }
 
 #[test]

@@ -20,6 +20,7 @@ use crate::imap::Imap;
 use crate::launch::{LaunchSpec, StartMethod};
 use crate::result::{
     AsyncResult, Canceller, CollectSink, Finish, OneSink, RawOutcome, Sink, Slot, decode,
+    wait_while,
 };
 use crate::supervisor::{Command, Supervisor, Task, WAKER};
 
@@ -503,25 +504,10 @@ impl Shared {
 
     /// Waits for the supervisor to finish; false if `deadline` came first.
     fn wait_finished(&self, deadline: Option<Instant>) -> bool {
-        let status = relock(&self.status);
-        let running = |s: &mut Status| !s.finished;
-        let status = match deadline {
-            None => self
-                .status_changed
-                .wait_while(status, running)
-                .unwrap_or_else(|e| e.into_inner()),
-            Some(d) => {
-                self.status_changed
-                    .wait_timeout_while(
-                        status,
-                        d.saturating_duration_since(Instant::now()),
-                        running,
-                    )
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-            }
-        };
-        status.finished
+        wait_while(&self.status_changed, relock(&self.status), deadline, |s| {
+            !s.finished
+        })
+        .finished
     }
 }
 

@@ -151,20 +151,7 @@ impl<T> Slot<T> {
 
     /// Waits until ready or `deadline`; returns the guard and whether it is ready.
     fn wait_until(&self, deadline: Option<Instant>) -> (MutexGuard<'_, State<T>>, bool) {
-        let state = self.lock();
-        let pending = |s: &mut State<T>| !Self::is_ready(s);
-        let state = match deadline {
-            None => self
-                .done
-                .wait_while(state, pending)
-                .unwrap_or_else(|e| e.into_inner()),
-            Some(d) => {
-                self.done
-                    .wait_timeout_while(state, d.saturating_duration_since(Instant::now()), pending)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-            }
-        };
+        let state = wait_while(&self.done, self.lock(), deadline, |s| !Self::is_ready(s));
         let ready = Self::is_ready(&state);
         (state, ready)
     }
@@ -180,6 +167,26 @@ impl<T> Slot<T> {
             }
             State::Taken { .. } => Err(JobError::ResultTaken),
             _ => unreachable!("take on a pending result"),
+        }
+    }
+}
+
+/// Waits on `cv` while `pending` holds, until `deadline` if there is one; recovers
+/// from poisoning (the states guarded here are always consistent).
+pub(crate) fn wait_while<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    deadline: Option<Instant>,
+    pending: impl FnMut(&mut T) -> bool,
+) -> MutexGuard<'a, T> {
+    match deadline {
+        None => cv
+            .wait_while(guard, pending)
+            .unwrap_or_else(|e| e.into_inner()),
+        Some(d) => {
+            cv.wait_timeout_while(guard, d.saturating_duration_since(Instant::now()), pending)
+                .unwrap_or_else(|e| e.into_inner())
+                .0
         }
     }
 }

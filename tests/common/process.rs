@@ -1,8 +1,9 @@
 //! Process helpers shared by the integration tests: building pools, checking that
 //! workers are gone and reaped, finding the workspace's binaries.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use procpool::Pool;
@@ -148,4 +149,50 @@ pub fn first_marker(dir: &Path) -> u32 {
 /// Sends `signal` to `pid`.
 pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("kill");
+}
+
+/// Starts `cmd`, a helper process that builds a pool and prints `PIDS [..]` with its
+/// workers' pids; returns it and those pids (kills it if it does not report in time).
+pub fn start_reporting_supervisor(cmd: &mut Command) -> (Child, Vec<u32>) {
+    let mut supervisor = cmd.stdout(Stdio::piped()).spawn().expect("helper starts");
+    let stdout = supervisor.stdout.take().expect("stdout");
+    // Read on a thread so a helper that never reports cannot hang the test.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let line = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.split_once("PIDS ").map(|(_, p)| p.to_owned()));
+        let _ = tx.send(line);
+    });
+    let Some(line) = rx.recv_timeout(PATIENCE).ok().flatten() else {
+        let _ = supervisor.kill();
+        let _ = supervisor.wait();
+        panic!("the supervisor did not report its workers");
+    };
+    let pids = line
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    (supervisor, pids)
+}
+
+/// SIGKILLs `supervisor` and asserts that all of `workers` are gone within 3 s.
+pub fn kill_supervisor_and_check(mut supervisor: Child, workers: &[u32]) {
+    assert!(
+        workers.iter().all(|&p| is_running(p)),
+        "workers run before the kill"
+    );
+    signal(supervisor.id(), nix::sys::signal::Signal::SIGKILL);
+    supervisor.wait().expect("reap the supervisor");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && workers.iter().any(|&p| is_running(p)) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let alive: Vec<u32> = workers.iter().copied().filter(|&p| is_running(p)).collect();
+    assert!(
+        alive.is_empty(),
+        "workers outlived their supervisor: {alive:?}"
+    );
 }
