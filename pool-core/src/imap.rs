@@ -4,17 +4,17 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
-use serde_bytes::ByteBuf;
 
 use crate::TaskOptions;
 use crate::error::JobError;
+use crate::pool::Arguments;
 use crate::pool::{Pool, TaskSpec};
-use crate::result::{Outcomes, RawOutcome, StreamSink};
+use crate::result::{Delivery, Outcomes, StreamSink};
 
 /// Turns one chunk of inputs into wire arguments.
-pub(crate) type Encode<I> = fn(Vec<I>) -> Result<Vec<ByteBuf>, JobError>;
-/// Turns one raw outcome into the caller's value.
-pub(crate) type Decode<O> = fn(RawOutcome) -> Result<O, JobError>;
+pub(crate) type Encode<I> = fn(Vec<I>) -> Result<Arguments, JobError>;
+/// Turns a task's delivery into the caller's values.
+pub(crate) type Decode<O> = fn(Delivery) -> Outcomes<O>;
 
 /// The iterator of [`Pool::imap`], [`Pool::imap_unordered`] and
 /// [`Pool::imap_encoded`].

@@ -19,8 +19,8 @@ use crate::error::{Error, JobError, TaskOptions};
 use crate::imap::Imap;
 use crate::launch::{LaunchSpec, StartMethod};
 use crate::result::{
-    AsyncResult, Canceller, CollectSink, Finish, OneSink, RawOutcome, Sink, Slot, decode,
-    wait_while,
+    AsyncResult, Canceller, CollectSink, Finish, OneSink, Sink, Slot, decode_delivery,
+    raw_delivery, wait_while,
 };
 use crate::supervisor::{Command, Supervisor, Task, WAKER};
 
@@ -621,23 +621,31 @@ impl TaskSpec {
     }
 }
 
-/// Encodes typed arguments for the wire.
-pub(crate) fn encode_all<T: serde::Serialize>(arguments: &[T]) -> Result<Vec<ByteBuf>, JobError> {
-    arguments
-        .iter()
-        .map(|a| Codec::Bincode.encode(a).map(ByteBuf::from))
-        .collect::<Result<Vec<_>, _>>()
+/// A task's arguments as they go on the wire.
+pub(crate) enum Arguments {
+    /// Each encoded on its own (the untyped path: `imap_encoded`, the CLI).
+    Each(Vec<ByteBuf>),
+    /// `count` arguments encoded together as one bincode `Vec` (typed callers).
+    Batch { count: usize, bytes: Vec<u8> },
+}
+
+/// Encodes typed arguments for the wire, as one batch.
+pub(crate) fn encode_all<T: serde::Serialize>(arguments: &[T]) -> Result<Arguments, JobError> {
+    let bytes = Codec::Bincode
+        .encode(arguments)
         .map_err(|message| JobError::Codec {
             message: format!("argument does not encode: {message}"),
-        })
+        })?;
+    Ok(Arguments::Batch {
+        count: arguments.len(),
+        bytes,
+    })
 }
 
-fn encode_owned(arguments: Vec<Vec<u8>>) -> Result<Vec<ByteBuf>, JobError> {
-    Ok(arguments.into_iter().map(ByteBuf::from).collect())
-}
-
-fn raw(outcome: RawOutcome) -> Result<Vec<u8>, JobError> {
-    outcome
+fn encode_owned(arguments: Vec<Vec<u8>>) -> Result<Arguments, JobError> {
+    Ok(Arguments::Each(
+        arguments.into_iter().map(ByteBuf::from).collect(),
+    ))
 }
 
 /// Python's default chunk size for `map`: `len / (4 * processes)`, rounded up.
@@ -877,7 +885,7 @@ impl Pool {
             Box::new(inputs.into_iter()),
             ordered,
             |chunk| encode_all(&chunk),
-            decode,
+            decode_delivery,
         )
     }
 
@@ -915,7 +923,7 @@ impl Pool {
             Box::new(arguments.into_iter()),
             ordered,
             encode_owned,
-            raw,
+            raw_delivery,
         )
     }
 
@@ -928,19 +936,34 @@ impl Pool {
     pub(crate) fn task(
         &self,
         spec: &TaskSpec,
-        arguments: Vec<ByteBuf>,
+        arguments: Arguments,
         sink: Arc<dyn Sink>,
         part: usize,
     ) -> Result<Task, JobError> {
         let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
-        let count = arguments.len();
-        let frame = protocol::frame(&Request::Run {
-            task: id,
-            job: spec.index,
-            codec: spec.codec,
-            arguments,
-        })
-        .map_err(|e| JobError::Codec {
+        let (count, request) = match arguments {
+            Arguments::Each(arguments) => (
+                arguments.len(),
+                Request::Run {
+                    task: id,
+                    job: spec.index,
+                    codec: spec.codec,
+                    arguments,
+                },
+            ),
+            Arguments::Batch { count, bytes } => (
+                count,
+                Request::RunBatch {
+                    task: id,
+                    job: spec.index,
+                    count: u32::try_from(count).map_err(|_| JobError::Codec {
+                        message: format!("{count} arguments in one task is too many"),
+                    })?,
+                    batch: bytes.into(),
+                },
+            ),
+        };
+        let frame = protocol::frame(&request).map_err(|e| JobError::Codec {
             message: e.to_string(),
         })?;
         if frame.len() - 4 > self.max_message_size {

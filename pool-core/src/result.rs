@@ -14,6 +14,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use pool_worker::Codec;
+use pool_worker::protocol::ItemOutcome;
 use serde::de::DeserializeOwned;
 
 use crate::error::JobError;
@@ -26,10 +27,71 @@ pub(crate) type Outcomes<T> = Vec<Result<T, JobError>>;
 /// Turns a whole submission's outcomes into its final value (`map`: the first error).
 pub(crate) type Finish<T, U> = fn(Outcomes<T>) -> Result<U, JobError>;
 
+/// What a task's worker (or its fate) sent back for it.
+pub(crate) enum Delivery {
+    /// One raw outcome per argument.
+    Items(Vec<RawOutcome>),
+    /// A bincode `Vec<ItemOutcome<T>>` of `count` outcomes (`Reply::DoneBatch`).
+    Batch { count: usize, bytes: Vec<u8> },
+}
+
 /// Receives the outcomes of the tasks of one submission (one `part` per task).
 pub(crate) trait Sink: Send + Sync {
-    /// Called exactly once per part, with one outcome per argument of that part.
-    fn deliver(&self, part: usize, outcomes: Vec<RawOutcome>);
+    /// Called exactly once per part.
+    fn deliver(&self, part: usize, delivery: Delivery);
+}
+
+/// Decodes a delivery into the caller's type: one decode per argument, or one for the
+/// whole batch. A batch that does not decode, or has the wrong length, fails every
+/// argument rather than guessing which is which.
+pub(crate) fn decode_delivery<T: DeserializeOwned>(delivery: Delivery) -> Outcomes<T> {
+    let (count, bytes) = match delivery {
+        Delivery::Items(raw) => return raw.into_iter().map(decode).collect(),
+        Delivery::Batch { count, bytes } => (count, bytes),
+    };
+    let fail = |message: String| {
+        (0..count)
+            .map(|_| {
+                Err(JobError::Codec {
+                    message: message.clone(),
+                })
+            })
+            .collect()
+    };
+    let items: Vec<ItemOutcome<T>> = match Codec::Bincode.decode(&bytes) {
+        Ok(items) => items,
+        Err(e) => {
+            return fail(format!(
+                "results do not decode as {}: {e}",
+                std::any::type_name::<T>()
+            ));
+        }
+    };
+    if items.len() != count {
+        return fail(format!("{} results for {count} arguments", items.len()));
+    }
+    items
+        .into_iter()
+        .map(|item| match item {
+            ItemOutcome::Ok(v) => Ok(v),
+            ItemOutcome::Failed(message) => Err(JobError::Failed { message }),
+            ItemOutcome::Panicked(message) => Err(JobError::Panicked { message }),
+        })
+        .collect()
+}
+
+/// The untyped counterpart of [`decode_delivery`]: encoded results as they are.
+pub(crate) fn raw_delivery(delivery: Delivery) -> Outcomes<Vec<u8>> {
+    match delivery {
+        Delivery::Items(raw) => raw,
+        Delivery::Batch { count, .. } => (0..count)
+            .map(|_| {
+                Err(JobError::Protocol {
+                    message: "a batch reply to an unbatched task".into(),
+                })
+            })
+            .collect(),
+    }
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(raw: RawOutcome) -> Result<T, JobError> {
@@ -340,14 +402,11 @@ impl<T: Send + 'static> Future for AsyncResult<T> {
 pub(crate) struct OneSink<T>(pub Arc<Slot<T>>);
 
 impl<T: DeserializeOwned + Send + 'static> Sink for OneSink<T> {
-    fn deliver(&self, _part: usize, outcomes: Vec<RawOutcome>) {
-        let raw = outcomes
-            .into_iter()
-            .next()
-            .unwrap_or(Err(JobError::Protocol {
-                message: "worker returned no outcome".into(),
-            }));
-        self.0.complete(decode(raw));
+    fn deliver(&self, _part: usize, delivery: Delivery) {
+        let first = decode_delivery(delivery).into_iter().next();
+        self.0.complete(first.unwrap_or(Err(JobError::Protocol {
+            message: "worker returned no outcome".into(),
+        })));
     }
 }
 
@@ -384,8 +443,8 @@ where
     T: DeserializeOwned + Send + 'static,
     U: Send + 'static,
 {
-    fn deliver(&self, part: usize, outcomes: Vec<RawOutcome>) {
-        let decoded: Outcomes<T> = outcomes.into_iter().map(decode).collect();
+    fn deliver(&self, part: usize, delivery: Delivery) {
+        let decoded: Outcomes<T> = decode_delivery(delivery);
         let all = {
             let mut guard = self.parts.lock().unwrap_or_else(|e| e.into_inner());
             let Parts { parts, remaining } = &mut *guard;
@@ -412,12 +471,12 @@ where
 /// Sink of a streaming submission (`imap`): each part goes down a channel.
 pub(crate) struct StreamSink<T> {
     pub tx: crossbeam_channel::Sender<(usize, Outcomes<T>)>,
-    pub decode: fn(RawOutcome) -> Result<T, JobError>,
+    pub decode: fn(Delivery) -> Outcomes<T>,
 }
 
 impl<T: Send + 'static> Sink for StreamSink<T> {
-    fn deliver(&self, part: usize, outcomes: Vec<RawOutcome>) {
-        let decoded = outcomes.into_iter().map(self.decode).collect();
+    fn deliver(&self, part: usize, delivery: Delivery) {
+        let decoded = (self.decode)(delivery);
         // The receiver is the iterator; if it was dropped, nobody wants these.
         let _ = self.tx.send((part, decoded));
     }

@@ -28,7 +28,7 @@ use crate::conn::{Conn, ReadEnd};
 use crate::error::{Error, JobError, LostCause, describe_exitcode};
 use crate::launch;
 use crate::pool::{Accepting, Config, JobTable, Shared};
-use crate::result::{RawOutcome, Sink};
+use crate::result::{Delivery, RawOutcome, Sink};
 use crate::stderr::StderrTap;
 use crate::sys::{self, Reaped};
 
@@ -62,18 +62,15 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    fn resolve(self, outcomes: Vec<RawOutcome>) {
+    fn resolve(self, delivery: Delivery) {
         let _task = self.span.enter();
-        tracing::trace!(
-            failed = outcomes.iter().filter(|o| o.is_err()).count(),
-            "resolved"
-        );
-        self.sink.deliver(self.part, outcomes);
+        tracing::trace!("resolved");
+        self.sink.deliver(self.part, delivery);
     }
 
     fn fail(self, error: JobError) {
         let n = self.arguments;
-        self.resolve(vec![Err(error); n]);
+        self.resolve(Delivery::Items(vec![Err(error); n]));
     }
 }
 
@@ -629,30 +626,35 @@ impl Supervisor {
                 // The worker exits after saying so.
                 return self.close_conn(token, EXIT_GRACE);
             }
-            (Reply::Done { task, outcomes }, Some(Inflight::Cancelled { id, arguments }))
-                if *id == task && *arguments == outcomes.len() =>
+            (reply @ (Reply::Done { .. } | Reply::DoneBatch { .. }), Some(head))
+                if answers(&reply, head) =>
             {
-                w.inflight.pop_front();
-                w.head_started = Instant::now();
-            }
-            (Reply::Done { task, outcomes }, Some(Inflight::Task(t)))
-                if t.id == task && t.arguments == outcomes.len() =>
-            {
-                let Some(Inflight::Task(t)) = w.inflight.pop_front() else {
-                    unreachable!()
-                };
+                let entry = w.inflight.pop_front();
                 let now = Instant::now();
                 let ran = now.saturating_duration_since(w.head_started);
-                w.last_task = Some(ran);
                 w.head_started = now;
-                tracing::trace!(task, pid = w.pid, ?ran, "task done");
-                if let Some(cap) = self.config.max_memory_per_child {
-                    if launch::resident_bytes(w.pid).is_some_and(|rss| rss > cap) {
-                        tracing::debug!(pid = w.pid, cap, "worker over its memory cap");
-                        w.retire = true;
+                // A cancelled task's reply is dropped: it was resolved already.
+                if let Some(Inflight::Task(t)) = entry {
+                    w.last_task = Some(ran);
+                    tracing::trace!(task = t.id, pid = w.pid, ?ran, "task done");
+                    if let Some(cap) = self.config.max_memory_per_child {
+                        if launch::resident_bytes(w.pid).is_some_and(|rss| rss > cap) {
+                            tracing::debug!(pid = w.pid, cap, "worker over its memory cap");
+                            w.retire = true;
+                        }
                     }
+                    let delivery = match reply {
+                        Reply::DoneBatch { outcomes, .. } => Delivery::Batch {
+                            count: t.arguments,
+                            bytes: outcomes.into_vec(),
+                        },
+                        Reply::Done { outcomes, .. } => {
+                            Delivery::Items(outcomes.into_iter().map(raw_outcome).collect())
+                        }
+                        _ => unreachable!("only replies to a task reach here"),
+                    };
+                    t.resolve(delivery);
                 }
-                t.resolve(outcomes.into_iter().map(raw_outcome).collect());
             }
             (reply, head) => {
                 let expected = match head {
@@ -668,6 +670,7 @@ impl Supervisor {
                     Reply::Done { task, outcomes } => {
                         format!("a reply to task {task} ({} outcomes)", outcomes.len())
                     }
+                    Reply::DoneBatch { task, .. } => format!("a batch reply to task {task}"),
                 };
                 return self.kill(
                     token,
@@ -1021,6 +1024,21 @@ fn lost_cause(w: &Worker, reaped: &Reaped) -> LostCause {
         oom_killed,
         peak_rss: Some(reaped.peak_rss).filter(|r| *r > 0),
         stderr_tail: w.stderr.as_ref().map(StderrTap::tail).unwrap_or_default(),
+    }
+}
+
+/// Whether `reply` answers the in-flight entry `head` (same task; for a reply with
+/// one outcome per argument, as many as the task has arguments).
+fn answers(reply: &Reply, head: &Inflight) -> bool {
+    let (id, arguments) = match head {
+        Inflight::Task(t) => (t.id, t.arguments),
+        Inflight::Cancelled { id, arguments } => (*id, *arguments),
+        Inflight::Init => return false,
+    };
+    match reply {
+        Reply::Done { task, outcomes } => *task == id && outcomes.len() == arguments,
+        Reply::DoneBatch { task, .. } => *task == id,
+        _ => false,
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::codec::Codec;
-use crate::protocol::{JobInfo, Outcome};
+use crate::protocol::{ItemOutcome, JobInfo, Outcome};
 
 /// A function that can run in a worker process.
 ///
@@ -32,6 +32,7 @@ pub struct JobEntry {
     input_type: fn() -> &'static str,
     output_type: fn() -> &'static str,
     call: fn(Codec, &[u8]) -> Outcome,
+    call_batch: fn(&[u8]) -> Result<Vec<u8>, String>,
 }
 
 inventory::collect!(JobEntry);
@@ -44,6 +45,7 @@ impl JobEntry {
             input_type: std::any::type_name::<J::Input>,
             output_type: std::any::type_name::<J::Output>,
             call: call_job::<J>,
+            call_batch: call_batch::<J>,
         }
     }
 
@@ -65,6 +67,42 @@ impl JobEntry {
     pub fn call(&self, codec: Codec, argument: &[u8]) -> Outcome {
         (self.call)(codec, argument)
     }
+
+    /// Runs a bincode batch of arguments (a `Vec` of the job's argument type) and
+    /// returns the encoded `Vec<ItemOutcome<Output>>`, or why the batch as a whole did
+    /// not decode or its outcomes did not encode. Never panics.
+    pub fn call_batch(&self, batch: &[u8]) -> Result<Vec<u8>, String> {
+        (self.call_batch)(batch)
+    }
+}
+
+fn call_batch<J: Job>(batch: &[u8]) -> Result<Vec<u8>, String> {
+    let inputs: Vec<J::Input> = Codec::Bincode.decode(batch).map_err(|e| {
+        format!(
+            "arguments of job `{}` do not decode as {}: {e}",
+            J::NAME,
+            std::any::type_name::<J::Input>()
+        )
+    })?;
+    let outcomes: Vec<ItemOutcome<J::Output>> = inputs
+        .into_iter()
+        .map(|input| match run_caught::<J>(input) {
+            Ok(Ok(output)) => ItemOutcome::Ok(output),
+            Ok(Err(message)) => ItemOutcome::Failed(message),
+            Err(message) => ItemOutcome::Panicked(message),
+        })
+        .collect();
+    Codec::Bincode
+        .encode(&outcomes)
+        .map_err(|e| format!("result of job `{}` does not encode: {e}", J::NAME))
+}
+
+/// Runs the job, catching a panic as its message.
+fn run_caught<J: Job>(input: J::Input) -> Result<Result<J::Output, String>, String> {
+    // The job is user code: whatever state it leaves behind after a panic is its own,
+    // and the worker only reports the panic, so asserting unwind safety is sound here.
+    catch_unwind(AssertUnwindSafe(|| J::run(input)))
+        .map_err(|payload| panic_message(payload.as_ref()))
 }
 
 fn call_job<J: Job>(codec: Codec, argument: &[u8]) -> Outcome {
@@ -78,15 +116,13 @@ fn call_job<J: Job>(codec: Codec, argument: &[u8]) -> Outcome {
             ));
         }
     };
-    // The job is user code: whatever state it leaves behind after a panic is its own,
-    // and the worker only reports the panic, so asserting unwind safety is sound here.
-    match catch_unwind(AssertUnwindSafe(|| J::run(input))) {
+    match run_caught::<J>(input) {
         Ok(Ok(output)) => match codec.encode(&output) {
             Ok(bytes) => Outcome::Ok(bytes.into()),
             Err(e) => Outcome::Codec(format!("result of job `{}` does not encode: {e}", J::NAME)),
         },
         Ok(Err(message)) => Outcome::Failed(message),
-        Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
+        Err(message) => Outcome::Panicked(message),
     }
 }
 

@@ -20,7 +20,7 @@ use serde_bytes::ByteBuf;
 use crate::codec::Codec;
 
 /// Bumped whenever a message here changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The first bytes of every hello frame.
 pub const MAGIC: [u8; 4] = *b"PPW\x01";
 /// Environment variable with the worker's end of its stream (a file descriptor number).
@@ -59,12 +59,23 @@ pub enum Request {
         codec: Codec,
         argument: ByteBuf,
     },
-    /// Run `job` on each argument, in order; answered by one [`Reply::Done`].
+    /// Run `job` on each argument, in order; answered by one [`Reply::Done`]. Each
+    /// argument is encoded on its own (the CLI's JSON lines).
     Run {
         task: u64,
         job: u32,
         codec: Codec,
         arguments: Vec<ByteBuf>,
+    },
+    /// Run `job` on each of `count` arguments encoded together as one `Vec` of the
+    /// job's argument type (typed callers: one encode and one decode per chunk, not per
+    /// argument); answered by [`Reply::DoneBatch`], or by [`Reply::Done`] with one
+    /// error per argument if the batch does not decode.
+    RunBatch {
+        task: u64,
+        job: u32,
+        count: u32,
+        batch: ByteBuf,
     },
 }
 
@@ -77,6 +88,17 @@ pub enum Reply {
     InitFailed { message: String },
     /// One outcome per argument of task `task`, in order.
     Done { task: u64, outcomes: Vec<Outcome> },
+    /// The outcomes of a [`Request::RunBatch`], encoded together as one bincode
+    /// `Vec<ItemOutcome<Output>>`.
+    DoneBatch { task: u64, outcomes: ByteBuf },
+}
+
+/// One argument's outcome inside a [`Reply::DoneBatch`], with the job's result type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ItemOutcome<T> {
+    Ok(T),
+    Failed(String),
+    Panicked(String),
 }
 
 /// What became of one argument.

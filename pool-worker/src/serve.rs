@@ -149,6 +149,27 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                 };
                 Reply::Done { task, outcomes }
             }
+            Request::RunBatch {
+                task,
+                job,
+                count,
+                batch,
+            } => {
+                let ran = match registry.get(job) {
+                    Some(entry) => run_busy(|| entry.call_batch(&batch)),
+                    None => Err(format!("no job with index {job}")),
+                };
+                match ran {
+                    Ok(outcomes) => Reply::DoneBatch {
+                        task,
+                        outcomes: outcomes.into(),
+                    },
+                    Err(message) => Reply::Done {
+                        task,
+                        outcomes: vec![Outcome::Codec(message); count as usize],
+                    },
+                }
+            }
         };
         let failed_init = matches!(reply, Reply::InitFailed { .. });
         protocol::write_frame(&mut writer, &protocol::frame(&reply)?)?;
