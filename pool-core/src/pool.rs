@@ -669,11 +669,6 @@ impl Pool {
         relock(&self.shared.status).pids.clone()
     }
 
-    /// Names of the jobs the workers offer.
-    pub fn job_names(&self) -> Vec<String> {
-        self.jobs.infos.iter().map(|i| i.name.clone()).collect()
-    }
-
     /// Runs `job(argument)` in a worker and waits for it.
     pub fn apply<J: Job>(&self, job: J, argument: J::Input) -> Result<J::Output, JobError> {
         self.apply_async(job, argument)?.get()

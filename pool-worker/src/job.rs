@@ -1,7 +1,6 @@
 //! Jobs and the registry that lets a worker find one by name.
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
@@ -138,10 +137,11 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// Every job linked into this executable, in name order (the order of the handshake,
-/// so a job's index in it is the number tasks use on the wire).
+/// so a job's index in it is the number tasks use on the wire). Two jobs with one
+/// name are both announced; the supervisor refuses such a worker, since the name would
+/// not say which function runs.
 pub struct Registry {
     entries: Vec<&'static JobEntry>,
-    duplicates: Vec<&'static str>,
 }
 
 impl Registry {
@@ -154,20 +154,7 @@ impl Registry {
     fn from_entries(entries: impl IntoIterator<Item = &'static JobEntry>) -> Registry {
         let mut entries: Vec<&'static JobEntry> = entries.into_iter().collect();
         entries.sort_by_key(|e| e.name);
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for e in &entries {
-            *seen.entry(e.name).or_default() += 1;
-        }
-        let mut duplicates: Vec<&'static str> = entries
-            .iter()
-            .map(|e| e.name)
-            .filter(|n| seen[n] > 1)
-            .collect();
-        duplicates.dedup();
-        Registry {
-            entries,
-            duplicates,
-        }
+        Registry { entries }
     }
 
     /// The jobs, in wire order.
@@ -178,11 +165,5 @@ impl Registry {
     /// The job at wire index `index`.
     pub fn get(&self, index: u32) -> Option<&'static JobEntry> {
         self.entries.get(index as usize).copied()
-    }
-
-    /// Names registered more than once (two `#[job]`s with one name): a supervisor
-    /// refuses such a worker, since a name would not say which function runs.
-    pub fn duplicates(&self) -> &[&'static str] {
-        &self.duplicates
     }
 }
