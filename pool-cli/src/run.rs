@@ -198,7 +198,7 @@ fn progress_bar(total: Option<u64>, quiet: bool) -> ProgressBar {
     let (bar, template) = match total {
         Some(n) => (
             ProgressBar::new(n),
-            "{bar:40} {pos}/{len} {msg} {per_sec} eta {eta}",
+            "{bar:40} {pos}/{len} done, {msg}, {per_sec}, eta {eta}",
         ),
         None => (
             ProgressBar::new_spinner(),
@@ -282,7 +282,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
         };
         records.add(index, outcome)?;
         bar.inc(1);
-        bar.set_message(format!("failed {}", records.tally.failed()));
+        bar.set_message(format!("{} failed", records.tally.failed()));
     }
     for (index, outcome) in state.borrow_mut().rejected.drain(..) {
         records.add(index, outcome)?;
