@@ -1,5 +1,6 @@
-//! The same behaviour under every start method: `Spawn` (exec) and `Fork` (fork of the
-//! supervisor). Each scenario is one function, run once per method.
+//! The same behaviour under every start method: `Spawn` (exec), `Fork` (fork of the
+//! supervisor) and `ForkServer` (forks of a fork server). Each scenario is one
+//! function, run once per method.
 
 mod common;
 
@@ -124,15 +125,17 @@ fn terminate_ends_everything(method: StartMethod) {
     assert_gone(&pids);
 }
 
-const ROLE: &str = "PROCPOOL_TEST_FORK_SUPERVISOR";
+const ROLE: &str = "PROCPOOL_TEST_SUPERVISOR_METHOD";
 
 #[test]
-#[ignore = "helper process: a supervisor with a forked pool"]
-fn role_fork_supervisor() {
-    if std::env::var(ROLE).is_err() {
-        return;
-    }
-    let pool = builder(StartMethod::Fork).processes(3).build().unwrap();
+#[ignore = "helper process: a supervisor whose pool uses the start method in its env"]
+fn role_supervisor() {
+    let method = match std::env::var(ROLE).as_deref() {
+        Ok("Fork") => StartMethod::Fork,
+        Ok("ForkServer") => StartMethod::ForkServer,
+        _ => return,
+    };
+    let pool = builder(method).processes(3).build().unwrap();
     let _busy: Vec<_> = (0..3)
         .map(|_| pool.apply_async(sleep_ms, 600_000).unwrap())
         .collect();
@@ -140,20 +143,24 @@ fn role_fork_supervisor() {
     std::thread::sleep(Duration::from_secs(600));
 }
 
-#[test]
-fn forked_workers_die_with_their_supervisor() {
+fn workers_die_with_their_supervisor(method: StartMethod) {
     let mut helper = Command::new(std::env::current_exe().unwrap());
     helper
-        .args([
-            "role_fork_supervisor",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(ROLE, "1");
+        .args(["role_supervisor", "--exact", "--ignored", "--nocapture"])
+        .env(ROLE, format!("{method:?}"));
     let (supervisor, pids) = start_reporting_supervisor(&mut helper);
     assert_eq!(pids.len(), 3);
     kill_supervisor_and_check(supervisor, &pids);
+}
+
+#[test]
+fn forked_workers_die_with_their_supervisor() {
+    workers_die_with_their_supervisor(StartMethod::Fork);
+}
+
+#[test]
+fn fork_server_workers_die_with_their_supervisor() {
+    workers_die_with_their_supervisor(StartMethod::ForkServer);
 }
 
 #[test]
@@ -172,6 +179,9 @@ macro_rules! per_method {
         }
         mod fork {
             $(#[test] fn $scenario() { super::$scenario(procpool::StartMethod::Fork) })*
+        }
+        mod fork_server {
+            $(#[test] fn $scenario() { super::$scenario(procpool::StartMethod::ForkServer) })*
         }
     };
 }

@@ -8,6 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use pool_worker::os::{self, ForkedWorker};
 use pool_worker::protocol::{ENV_SUPERVISOR_PID, ENV_WORKER_FD};
 
 use crate::sys;
@@ -27,6 +28,10 @@ pub enum StartMethod {
     /// `print!`/`eprint!` in a forked worker go to the harness's per-thread capture,
     /// not to the descriptors: write to `io::stdout()`/`io::stderr()` directly there.
     Fork,
+    /// Execute the worker program once as a fork server, which forks each worker: as
+    /// fast to start as `Fork`, but the workers are copies of a fresh single-purpose
+    /// process, not of the supervisor with its threads and locks.
+    ForkServer,
 }
 
 /// How to start a worker: which program, with which arguments.
@@ -56,31 +61,45 @@ pub(crate) struct Launched {
 /// Starts one worker. The child end of the stream reaches the worker as an inherited
 /// descriptor named in the environment: no listening socket and no `accept` that could
 /// wait forever for a worker that died before connecting.
+/// Starts a worker by exec (`Spawn`) or by forking this process (`Fork`); `ForkServer`
+/// workers come from [`Zygote::fork`](crate::zygote::Zygote::fork) instead.
 pub(crate) fn launch(spec: &LaunchSpec) -> io::Result<Launched> {
     match spec.method {
-        StartMethod::Spawn => spawn(spec),
         StartMethod::Fork => fork(spec),
+        StartMethod::Spawn | StartMethod::ForkServer => {
+            let (ours, theirs) = UnixStream::pair()?;
+            let (pid, stderr) = spawn(spec, OwnedFd::from(theirs), ENV_WORKER_FD)?;
+            Ok(Launched {
+                pid,
+                stream: ours,
+                stderr,
+            })
+        }
     }
+}
+
+/// The worker's stderr pipe, when it is captured: (read end, write end).
+pub(crate) fn stderr_pipe(spec: &LaunchSpec) -> io::Result<Option<(OwnedFd, OwnedFd)>> {
+    if !spec.capture_stderr {
+        return Ok(None);
+    }
+    Ok(Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?))
 }
 
 fn fork(spec: &LaunchSpec) -> io::Result<Launched> {
     let (ours, theirs) = UnixStream::pair()?;
-    let theirs = OwnedFd::from(theirs);
-    let pipe = if spec.capture_stderr {
-        Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
-    } else {
-        None
-    };
-    let stdio = sys::ForkStdio {
-        stderr: pipe.as_ref().map(|(_, write)| write),
+    let pipe = stderr_pipe(spec)?;
+    let worker = ForkedWorker {
+        stream: theirs.as_raw_fd(),
+        stderr: pipe.as_ref().map(|(_, write)| write.as_raw_fd()),
         quiet_stdout: spec.quiet_stdout,
+        address_space: spec.address_space,
+        parent: std::process::id() as i32,
     };
-    let pid = sys::fork_worker(
-        &theirs,
-        std::process::id() as i32,
-        spec.address_space,
-        stdio,
-    )?;
+    let Some(pid) = os::fork()? else {
+        // The child: a copy of this multithreaded process, on the supervisor thread.
+        os::become_forked_worker(&worker)
+    };
     Ok(Launched {
         pid,
         stream: ours,
@@ -88,13 +107,18 @@ fn fork(spec: &LaunchSpec) -> io::Result<Launched> {
     })
 }
 
-fn spawn(spec: &LaunchSpec) -> io::Result<Launched> {
-    let (ours, theirs) = UnixStream::pair()?;
+/// Executes the worker program with `theirs` inherited and named in `env_var`; returns
+/// its pid and its stderr pipe when captured.
+pub(crate) fn spawn(
+    spec: &LaunchSpec,
+    theirs: OwnedFd,
+    env_var: &str,
+) -> io::Result<(u32, Option<OwnedFd>)> {
     let mut command = Command::new(&spec.executable);
     command
         .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .env(ENV_WORKER_FD, theirs.as_raw_fd().to_string())
+        .env(env_var, theirs.as_raw_fd().to_string())
         .env(ENV_SUPERVISOR_PID, std::process::id().to_string())
         // A worker must never read the supervisor's stdin (the CLI reads its input there).
         .stdin(Stdio::null());
@@ -114,11 +138,7 @@ fn spawn(spec: &LaunchSpec) -> io::Result<Launched> {
     drop(theirs);
     // From here the supervisor handles the process by pid: it alone reaps it (wait4,
     // for the resource usage), and dropping `Child` neither waits nor kills.
-    Ok(Launched {
-        pid: child.id(),
-        stream: ours,
-        stderr: child.stderr.take().map(OwnedFd::from),
-    })
+    Ok((child.id(), child.stderr.take().map(OwnedFd::from)))
 }
 
 /// The number of OOM kills in this process's memory cgroup so far: cgroup v2's

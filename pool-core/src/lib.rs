@@ -29,6 +29,7 @@ mod stderr;
 mod supervisor;
 mod sys;
 mod wait;
+mod zygote;
 
 pub use error::{Error, JobError, LostCause, TaskOptions, describe_exitcode};
 pub use imap::{Imap, WithPositions};

@@ -27,10 +27,13 @@ use crate::TaskOptions;
 use crate::conn::{Conn, ReadEnd};
 use crate::error::{Error, JobError, LostCause, describe_exitcode};
 use crate::launch;
+use crate::launch::StartMethod;
 use crate::pool::{Accepting, Config, JobTable, Shared};
 use crate::result::{Delivery, RawOutcome, Sink};
 use crate::stderr::StderrTap;
-use crate::sys::{self, Reaped};
+use crate::sys;
+use crate::zygote::Zygote;
+use pool_worker::os::{self, Reaped};
 
 /// The waker's token. Worker `n` has token `2n` for its stream and `2n + 1` for its
 /// captured stderr.
@@ -133,6 +136,8 @@ struct Worker {
     stderr: Option<StderrTap>,
     /// The cgroup's OOM-kill count when it started.
     oom_kills_at_start: Option<u64>,
+    /// Forked by the fork server, which reaps and signals it.
+    via_zygote: bool,
 }
 
 impl Worker {
@@ -171,6 +176,10 @@ pub(crate) struct Supervisor {
     /// Until the first workers are up, where `build()` waits for the outcome.
     ready: Option<Sender<Result<Arc<JobTable>, Error>>>,
     next_sweep: Instant,
+    /// The fork server, with `StartMethod::ForkServer`.
+    zygote: Option<Zygote>,
+    /// Fork servers that died, still to be reaped.
+    dead_zygotes: Vec<u32>,
 }
 
 impl Supervisor {
@@ -198,6 +207,8 @@ impl Supervisor {
             broken: None,
             ready: Some(ready),
             next_sweep: now,
+            zygote: None,
+            dead_zygotes: Vec::new(),
         }
     }
 
@@ -370,7 +381,21 @@ impl Supervisor {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
-        let mut launched = launch::launch(&self.config.launch)?;
+        let via_zygote = self.config.launch.method == StartMethod::ForkServer;
+        let mut launched = if via_zygote {
+            let zygote = match &mut self.zygote {
+                Some(z) if z.is_alive() => z,
+                _ => {
+                    if let Some(dead) = self.zygote.take() {
+                        self.dead_zygotes.push(dead.pid);
+                    }
+                    self.zygote.insert(Zygote::start(&self.config.launch)?)
+                }
+            };
+            zygote.fork(&self.config.launch, self.config.start_timeout)?
+        } else {
+            launch::launch(&self.config.launch)?
+        };
         launched.stream.set_nonblocking(true)?;
         let mut stream = mio::net::UnixStream::from_std(launched.stream);
         let token = Token(self.next_token);
@@ -412,6 +437,7 @@ impl Supervisor {
                 span,
                 stderr,
                 oom_kills_at_start: launch::cgroup_oom_kills(),
+                via_zygote,
             },
         );
         self.publish_pids();
@@ -710,6 +736,18 @@ impl Supervisor {
         self.publish_pids();
     }
 
+    /// Signals worker `token` (through the fork server for its workers).
+    fn signal(&self, token: Token, signal: Signal) {
+        let Some(w) = self.workers.get(&token) else {
+            return;
+        };
+        match (&self.zygote, w.via_zygote) {
+            (Some(z), true) => z.signal(w.pid, signal),
+            (None, true) => {} // the fork server is gone, and its workers with it
+            (_, false) => sys::signal(w.pid, signal),
+        }
+    }
+
     /// Ends a worker: SIGTERM, then SIGKILL after `grace` (at once if zero); its
     /// running task (or its start) fails with `reason`.
     fn end(&mut self, token: Token, reason: JobError, grace: Duration) {
@@ -720,7 +758,7 @@ impl Supervisor {
             return;
         };
         w.fail_with.get_or_insert(reason);
-        sys::signal(w.pid, Signal::SIGTERM);
+        self.signal(token, Signal::SIGTERM);
         self.close_conn(token, grace);
     }
 
@@ -732,7 +770,7 @@ impl Supervisor {
         w.span
             .in_scope(|| tracing::warn!(%reason, "killing worker"));
         w.fail_with.get_or_insert(reason);
-        sys::signal(w.pid, Signal::SIGKILL);
+        self.signal(token, Signal::SIGKILL);
         self.close_conn(token, Duration::ZERO);
     }
 
@@ -751,11 +789,28 @@ impl Supervisor {
             .filter(|(_, w)| sweep || w.phase != Phase::Ready || w.head_deadline().is_some())
             .map(|(t, _)| *t)
             .collect();
+        if let Some(z) = &mut self.zygote {
+            z.collect_exits();
+        }
+        self.dead_zygotes
+            .retain(|&pid| !matches!(os::reap(Some(pid), false), Ok(Some(_)) | Err(_)));
         for token in tokens {
-            let Some(w) = self.workers.get_mut(&token) else {
+            let Some(w) = self.workers.get(&token) else {
                 continue;
             };
-            match sys::reap(w.pid, false) {
+            let reaped = match (&mut self.zygote, w.via_zygote) {
+                (Some(z), true) => Ok(z.take_exit(w.pid)),
+                (None, true) => Ok(Some(Reaped {
+                    pid: w.pid,
+                    exitcode: -(Signal::SIGKILL as i32),
+                    peak_rss: 0,
+                })),
+                (_, false) => os::reap(Some(w.pid), false),
+            };
+            let Some(w) = self.workers.get(&token) else {
+                continue;
+            };
+            match reaped {
                 Ok(Some(reaped)) => {
                     // Anything it wrote before dying is still in the socket: take it.
                     if w.conn.is_some() {
@@ -776,7 +831,7 @@ impl Supervisor {
                         self.kill(token, start_error(message));
                     }
                     Phase::Exiting { kill_at } if now >= kill_at => {
-                        sys::signal(w.pid, Signal::SIGKILL);
+                        self.signal(token, Signal::SIGKILL);
                     }
                     _ => {}
                 },
@@ -975,14 +1030,28 @@ impl Supervisor {
         for t in self.queue.drain(..) {
             t.fail(JobError::Terminated);
         }
+        let tokens: Vec<Token> = self.workers.keys().copied().collect();
+        for token in tokens {
+            self.signal(token, Signal::SIGKILL);
+        }
         for (_, mut w) in self.workers.drain() {
             for entry in w.inflight.drain(..) {
                 if let Inflight::Task(t) = entry {
                     t.fail(JobError::Terminated);
                 }
             }
-            sys::signal(w.pid, Signal::SIGKILL);
-            let _ = sys::reap(w.pid, true);
+            // The fork server reaps its own workers; closing its channel below ends it.
+            if !w.via_zygote {
+                let _ = os::reap(Some(w.pid), true);
+            }
+        }
+        if let Some(z) = self.zygote.take() {
+            let pid = z.pid;
+            drop(z);
+            let _ = os::reap(Some(pid), true);
+        }
+        for pid in self.dead_zygotes.drain(..) {
+            let _ = os::reap(Some(pid), true);
         }
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(Err(Error::WorkerStart {

@@ -28,10 +28,18 @@ mod job;
 pub mod protocol;
 mod serve;
 mod sys;
+mod zygote;
 
 pub use codec::Codec;
 pub use job::{Job, JobEntry, Registry, panic_message};
-pub use serve::{launched_as_worker, missing_init, serve_forked, serve_if_worker};
+pub use serve::{launched_as_worker, missing_init, serve_if_worker};
+
+/// Process plumbing shared by the supervisor and the fork server: forking a worker,
+/// reaping children with their resource usage. Not part of the job API.
+pub mod os {
+    pub use crate::sys::{ForkedWorker, Reaped, become_forked_worker, fork, reap};
+    pub use crate::zygote::{recv as recv_datagram, send as send_datagram};
+}
 
 /// Used by the code that `#[job]` generates; not part of the public API.
 #[doc(hidden)]

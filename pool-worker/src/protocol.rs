@@ -27,6 +27,40 @@ pub const MAGIC: [u8; 4] = *b"PPW\x01";
 pub const ENV_WORKER_FD: &str = "PROCPOOL_WORKER_FD";
 /// Environment variable with the supervisor's pid, checked by the worker at start.
 pub const ENV_SUPERVISOR_PID: &str = "PROCPOOL_SUPERVISOR_PID";
+/// Environment variable with a fork server's end of its control socket.
+pub const ENV_ZYGOTE_FD: &str = "PROCPOOL_ZYGOTE_FD";
+
+/// Supervisor to fork server, one SEQPACKET datagram each.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ZygoteRequest {
+    /// Fork a worker. Attached descriptors: its stream end, then (with `stderr`) the
+    /// write end of its stderr pipe.
+    Fork {
+        stderr: bool,
+        quiet_stdout: bool,
+        address_space: Option<u64>,
+    },
+    /// Send `signal` to child `pid`, if it has not been reaped yet.
+    Signal { pid: u32, signal: i32 },
+}
+
+/// Fork server to supervisor, one SEQPACKET datagram each.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ZygoteReply {
+    Forked {
+        pid: u32,
+    },
+    ForkFailed {
+        message: String,
+    },
+    /// A child ended and was reaped.
+    Exited {
+        pid: u32,
+        exitcode: i32,
+        peak_rss: u64,
+    },
+}
+
 /// The largest frame either side accepts unless configured otherwise (1 GiB).
 pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
 

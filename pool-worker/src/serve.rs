@@ -35,9 +35,13 @@ pub fn missing_init() -> bool {
     launched_as_worker() && !SERVING.load(Ordering::SeqCst)
 }
 
-/// If a supervisor started this process as a worker, serve jobs and exit; otherwise
-/// return at once. `procpool::init()` calls this first thing in `main`.
+/// If a supervisor started this process as a worker (or as a fork server), serve and
+/// exit; otherwise return at once. `procpool::init()` calls this first thing in `main`.
 pub fn serve_if_worker() {
+    if let Some(fd) = std::env::var_os(protocol::ENV_ZYGOTE_FD) {
+        SERVING.store(true, Ordering::SeqCst);
+        leave(crate::zygote::run(&fd.to_string_lossy()));
+    }
     let Some(fd) = std::env::var_os(ENV_WORKER_FD) else {
         return;
     };
@@ -49,7 +53,7 @@ pub fn serve_if_worker() {
 /// Serves on `fd` in a worker forked from its supervisor (the `Fork` start method),
 /// then exits. The supervisor has already set up the process (parent-death signal,
 /// descriptors, SIGINT); `fd` is this worker's end of its stream.
-pub fn serve_forked(fd: RawFd) -> ! {
+pub(crate) fn serve_forked(fd: RawFd) -> ! {
     FORKED.store(true, Ordering::SeqCst);
     SERVING.store(true, Ordering::SeqCst);
     let served = sys::adopt_stream(fd)

@@ -46,3 +46,133 @@ pub(crate) fn exit_immediately(code: i32) -> ! {
     // point (see `serve::leave`).
     unsafe { libc::_exit(code) }
 }
+
+/// How a process just forked from a supervisor or zygote becomes a worker.
+pub struct ForkedWorker {
+    /// Its end of its stream to the supervisor.
+    pub stream: RawFd,
+    /// Write end of a pipe to become its stderr (captured stderr), if any.
+    pub stderr: Option<RawFd>,
+    /// Send its stdout to /dev/null.
+    pub quiet_stdout: bool,
+    /// Cap its address space (RLIMIT_AS), in bytes.
+    pub address_space: Option<u64>,
+    /// The pid of the process that forked it, which must still be its parent.
+    pub parent: i32,
+}
+
+/// In a process just forked from a multithreaded parent: sets the worker up and serves,
+/// never returning.
+///
+/// Until it hands over to the serve loop it makes only async-signal-safe calls: it asks
+/// for SIGKILL at its parent's death and checks the parent is still there, moves its
+/// stream to descriptor 3 and closes every other one above stderr (so it holds no other
+/// worker's stream, nor the parent's poller or control socket), points stdin (and stdout
+/// if asked) at /dev/null, routes stderr to the capture pipe if any, ignores SIGINT and
+/// applies the address-space cap. The serve loop allocates after that; glibc's malloc is
+/// fork-safe, and the loop takes no lock another thread of the parent could have held.
+pub fn become_forked_worker(w: &ForkedWorker) -> ! {
+    // SAFETY: each call is an async-signal-safe system call on descriptors and settings
+    // of this (child) process only; nothing here allocates or takes a lock.
+    unsafe {
+        let fail = || libc::_exit(127);
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+            || libc::getppid() != w.parent
+        {
+            fail();
+        }
+        // Park the descriptors we keep above the ones we are about to set.
+        let stream = libc::fcntl(w.stream, libc::F_DUPFD, 10);
+        let stderr = w.stderr.map(|e| libc::fcntl(e, libc::F_DUPFD, 10));
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if stream < 0 || stderr.is_some_and(|e| e < 0) || null < 0 {
+            fail();
+        }
+        libc::dup2(null, 0);
+        if w.quiet_stdout {
+            libc::dup2(null, 1);
+        }
+        if let Some(e) = stderr {
+            libc::dup2(e, 2);
+        }
+        if libc::dup2(stream, 3) != 3 || libc::close_range(4, libc::c_uint::MAX, 0) != 0 {
+            fail();
+        }
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        if let Some(bytes) = w.address_space {
+            let limit = libc::rlimit {
+                rlim_cur: bytes as libc::rlim_t,
+                rlim_max: bytes as libc::rlim_t,
+            };
+            libc::setrlimit(libc::RLIMIT_AS, &limit);
+        }
+    }
+    crate::serve::serve_forked(3)
+}
+
+/// Forks this process; `Ok(None)` in the child, `Ok(Some(pid))` in the parent. The child
+/// of a multithreaded process must go straight to [`become_forked_worker`].
+pub fn fork() -> io::Result<Option<u32>> {
+    // SAFETY: fork itself is sound; what the child may do afterwards is restricted as
+    // documented on this function and on `become_forked_worker`.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid as u32)),
+    }
+}
+
+/// How a reaped child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reaped {
+    pub pid: u32,
+    /// `multiprocessing`'s exitcode: the exit status, or minus the signal.
+    pub exitcode: i32,
+    /// Peak resident memory in bytes (the kernel's `ru_maxrss`).
+    pub peak_rss: u64,
+}
+
+/// Reaps child `pid` (`None`: any child) if it has ended, or waits for it when `block`,
+/// with its resource usage. `Ok(None)`: nothing ended (or no child at all, for any).
+pub fn reap(pid: Option<u32>, block: bool) -> io::Result<Option<Reaped>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let flags = if block { 0 } else { libc::WNOHANG };
+    let target = pid.map_or(-1, |p| p as libc::pid_t);
+    loop {
+        // SAFETY: wait4 writes only into the two locals passed by pointer, which outlive
+        // the call.
+        let r = unsafe { libc::wait4(target, &mut status, flags, &mut usage) };
+        if r == 0 {
+            return Ok(None);
+        }
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) if pid.is_none() => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+        let exitcode = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else if libc::WIFSIGNALED(status) {
+            -libc::WTERMSIG(status)
+        } else {
+            // Stopped or continued: not an end; WUNTRACED/WCONTINUED are not asked for.
+            return Ok(None);
+        };
+        return Ok(Some(Reaped {
+            pid: r as u32,
+            exitcode,
+            peak_rss: (usage.ru_maxrss.max(0) as u64) * 1024,
+        }));
+    }
+}
