@@ -128,6 +128,7 @@ fn procpool_figures(s: &Settings) -> BTreeMap<&'static str, f64> {
     let mut f = BTreeMap::new();
     f.insert("start_ms_spawn", start_ms(s, StartMethod::Spawn));
     f.insert("start_ms_fork", start_ms(s, StartMethod::Fork));
+    f.insert("start_ms_forkserver", start_ms(s, StartMethod::ForkServer));
     let p = pool(StartMethod::Spawn);
 
     let n = if s.quick { 200 } else { 5_000 };
@@ -340,6 +341,10 @@ fn main() {
         "(baseline: Fork start, raw pipe ping-pong, rayon, rayon, memcpy; python: spawn \
          start; {} reps, medians)",
         s.reps
+    );
+    println!(
+        "procpool ForkServer start: {:.1} ms",
+        get("start_ms_forkserver")
     );
     if !python.is_empty() {
         println!(
