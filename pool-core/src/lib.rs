@@ -12,12 +12,17 @@
 //! - [`JobError`] (why a task has no value) and [`Error`] (why a pool operation
 //!   failed).
 //!
+//! - [`StartMethod`]: `Spawn` (exec), `Fork` (fork the supervisor) or `ForkServer`.
+//! - [`TaskOptions`]: per-task time limit and retries.
+//!
 //! Inside, one supervisor thread per pool runs an event loop over the workers'
-//! streams (`supervisor`), a small non-blocking framing layer (`conn`), process
-//! launching (`launch`), and the only `unsafe` code, in `sys`: what a worker does
-//! between fork and exec. The promise it keeps: every submitted task resolves exactly
-//! once, with its value or a typed error; a dead worker fails only the task it was
-//! running; no worker outlives the pool or its process.
+//! streams (`supervisor`), with a small non-blocking framing layer (`conn`), process
+//! launching (`launch`), the fork server's client (`zygote`), captured stderr
+//! (`stderr`), and this crate's only `unsafe` code in `sys`: what a spawned worker does
+//! between fork and exec (the fork-child setup shared with `Fork` and the fork server
+//! lives in `pool_worker::os`). The promise it keeps: every submitted task resolves
+//! exactly once, with its value or a typed error; a dead worker fails only the task it
+//! was running; no worker outlives the pool or its process.
 
 mod conn;
 mod error;
