@@ -46,6 +46,16 @@
 //! A pool operation's error is an [`Error`], which a `JobError` converts into, so `?`
 //! works on both in one function.
 //!
+//! # Robustness
+//!
+//! Per-task time limits (`.task_timeout(d)`, or per call with [`TaskOptions`]) kill and
+//! replace a runaway worker; `.retries(n)` re-runs tasks whose worker was lost;
+//! `.max_tasks_per_child(n)`, `.max_memory_per_child(bytes)` and `.memory_limit(bytes)`
+//! recycle or cap workers; [`AsyncResult::cancel`] stops a queued or running task;
+//! [`wait`] and [`as_completed`] watch many results. Workers start by exec
+//! ([`StartMethod::Spawn`], the default), by forking the supervisor
+//! ([`StartMethod::Fork`]) or from a fork server ([`StartMethod::ForkServer`]).
+//!
 //! # Crates
 //!
 //! This facade re-exports `pool-core` (the supervisor), `pool-worker` (what runs in a
