@@ -14,14 +14,7 @@ use nix::sys::stat::{SFlag, fstat};
 /// starts programs does not leak the worker's channel into them (which would keep the
 /// supervisor from seeing this worker's end of stream when it dies).
 pub(crate) fn adopt_stream(fd: RawFd) -> io::Result<UnixStream> {
-    // SAFETY: F_GETFD only reads the descriptor table; an unused number yields EBADF.
-    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-        return Err(io::Error::other(format!("descriptor {fd} is not open")));
-    }
-    // SAFETY: `fd` is open (checked above) and was created for this process alone by
-    // the supervisor, which passed its number in the environment; nothing else in this
-    // process knows about it, so taking sole ownership cannot double-close anything.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let owned = adopt_fd(fd)?;
     let stat = fstat(&owned).map_err(io::Error::from)?;
     if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
         // Do not close a descriptor that turned out not to be ours.
@@ -30,6 +23,28 @@ pub(crate) fn adopt_stream(fd: RawFd) -> io::Result<UnixStream> {
     }
     fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
     Ok(UnixStream::from(owned))
+}
+
+/// Takes ownership of descriptor `fd`, which the process that started this one handed
+/// over (its number in the environment): checks it is open, marks it close-on-exec.
+pub(crate) fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor table; an unused number yields EBADF.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(io::Error::other(format!("descriptor {fd} is not open")));
+    }
+    // SAFETY: `fd` is open (checked above) and was created for this process alone by
+    // its parent, which passed its number in the environment; nothing else in this
+    // process knows about it, so taking sole ownership cannot double-close anything.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+    Ok(owned)
+}
+
+/// Takes ownership of a descriptor just received with SCM_RIGHTS.
+pub(crate) fn own_received(fd: RawFd) -> OwnedFd {
+    // SAFETY: the kernel installed `fd` in this process while delivering the message;
+    // nothing else refers to it yet.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Ignores SIGINT: Ctrl-C reaches the whole foreground process group, and it is the

@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
@@ -23,11 +23,20 @@ use crate::sys::{self, ForkedWorker};
 
 /// Serves fork requests on control descriptor `fd` until it closes; the exit code.
 pub(crate) fn run(fd: &str) -> i32 {
-    let Ok(fd) = fd.parse::<RawFd>() else {
-        eprintln!("procpool fork server: {fd:?} is not a descriptor number");
-        return 2;
+    let control = match fd
+        .parse::<RawFd>()
+        .map_err(|e| e.to_string())
+        .and_then(|fd| sys::adopt_fd(fd).map_err(|e| e.to_string()))
+    {
+        Ok(control) => control,
+        Err(e) => {
+            // A fork server has no channel to report on: stderr is all there is.
+            eprintln!("procpool fork server: {fd:?}: {e}");
+            return 2;
+        }
     };
-    crate::sys::ignore_sigint();
+    let fd = control.as_raw_fd();
+    sys::ignore_sigint();
     let mut children = HashSet::new();
     loop {
         for exited in reap_all(&mut children) {
@@ -35,12 +44,7 @@ pub(crate) fn run(fd: &str) -> i32 {
                 return 0;
             }
         }
-        let mut fds = [PollFd::new(
-            // SAFETY: `fd` is the control socket handed to this process, open for its
-            // whole life; the borrow does not outlive this call.
-            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-            PollFlags::POLLIN,
-        )];
+        let mut fds = [PollFd::new(control.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(20u16)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
@@ -54,9 +58,7 @@ pub(crate) fn run(fd: &str) -> i32 {
                 let mut passed = Vec::new();
                 for cmsg in msg.cmsgs().into_iter().flatten() {
                     if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                        // SAFETY: descriptors received with SCM_RIGHTS are new in this
-                        // process and owned by nobody else.
-                        passed.extend(fds.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+                        passed.extend(fds.into_iter().map(sys::own_received));
                     }
                 }
                 (msg.bytes, passed)
