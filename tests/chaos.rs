@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
-use procpool::{JobError, Pool, TaskOptions};
+use procpool::{JobError, Pool, StartMethod, TaskOptions};
 
 procpool::test_harness!();
 
@@ -113,5 +113,30 @@ fn with_retries_every_task_succeeds_while_workers_are_killed() {
         "failures despite retries: {failures:?}"
     );
     assert!(eventually(|| pool.worker_pids().len() == 4));
+    close_and_check(pool);
+}
+
+#[test]
+fn a_fork_server_pool_resolves_every_task_exactly_once_while_workers_are_killed() {
+    // Replacements come from the fork server: its exit reports, not wait4, tell the
+    // supervisor how each killed worker ended.
+    let pool = Pool::builder()
+        .processes(4)
+        .start_method(StartMethod::ForkServer)
+        .max_start_failures(u32::MAX)
+        .build()
+        .unwrap();
+    let (failures, kills) = under_fire(&pool, TaskOptions::default());
+    assert!(kills > 10, "the chaos thread killed only {kills} workers");
+    for e in &failures {
+        assert!(
+            matches!(e, JobError::WorkerLost { exitcode: -9, .. }),
+            "unexpected failure {e:?}"
+        );
+    }
+    assert!(
+        eventually(|| pool.worker_pids().len() == 4),
+        "the pool keeps 4 workers"
+    );
     close_and_check(pool);
 }

@@ -191,3 +191,15 @@ pub fn reap(pid: Option<u32>, block: bool) -> io::Result<Option<Reaped>> {
         }));
     }
 }
+
+/// A descriptor that becomes readable when process `pid` (a child of ours) exits
+/// (`pidfd_open`, Linux 5.3). `None` where the kernel lacks it.
+pub(crate) fn pidfd(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just created this descriptor for this process; it is ours.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}

@@ -10,7 +10,7 @@
 //! pid without racing its reuse. It ends when the control socket closes; its workers
 //! die with it (their parent-death signal).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
@@ -37,18 +37,35 @@ pub(crate) fn run(fd: &str) -> i32 {
     };
     let fd = control.as_raw_fd();
     sys::ignore_sigint();
-    let mut children = HashSet::new();
+    // Each child with a pidfd, so its exit wakes the loop at once; without pidfds (old
+    // kernels) the loop looks for exits every 20 ms.
+    let mut children: HashMap<u32, Option<OwnedFd>> = HashMap::new();
     loop {
         for exited in reap_all(&mut children) {
             if send(fd, &exited, &[]).is_err() {
                 return 0;
             }
         }
-        let mut fds = [PollFd::new(control.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(20u16)) {
+        let mut fds = vec![PollFd::new(control.as_fd(), PollFlags::POLLIN)];
+        fds.extend(
+            children
+                .values()
+                .flatten()
+                .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN)),
+        );
+        let timeout = if children.values().all(Option::is_some) {
+            PollTimeout::NONE
+        } else {
+            PollTimeout::from(20u16)
+        };
+        let control_ready = match poll(&mut fds, timeout) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-            Ok(_) => {}
+            Ok(_) => fds[0].revents().is_some_and(|r| !r.is_empty()),
             Err(_) => return 2,
+        };
+        drop(fds);
+        if !control_ready {
+            continue; // a child exited: reaped at the top of the loop
         }
         let mut buf = [0u8; 256];
         let mut space = nix::cmsg_space!([RawFd; 2]);
@@ -83,7 +100,7 @@ pub(crate) fn run(fd: &str) -> i32 {
                 &mut children,
             ),
             Ok(ZygoteRequest::Signal { pid, signal }) => {
-                if children.contains(&pid) {
+                if children.contains_key(&pid) {
                     if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
                     }
@@ -110,7 +127,7 @@ fn fork_one(
     stderr: bool,
     quiet_stdout: bool,
     address_space: Option<u64>,
-    children: &mut HashSet<u32>,
+    children: &mut HashMap<u32, Option<OwnedFd>>,
 ) -> Option<ZygoteReply> {
     let Some(stream) = passed.first() else {
         return Some(ZygoteReply::ForkFailed {
@@ -132,7 +149,7 @@ fn fork_one(
     match sys::fork() {
         Ok(None) => sys::become_forked_worker(&worker),
         Ok(Some(pid)) => {
-            children.insert(pid);
+            children.insert(pid, sys::pidfd(pid));
             Some(ZygoteReply::Forked { pid })
         }
         Err(e) => Some(ZygoteReply::ForkFailed {
@@ -141,7 +158,7 @@ fn fork_one(
     }
 }
 
-fn reap_all(children: &mut HashSet<u32>) -> Vec<ZygoteReply> {
+fn reap_all(children: &mut HashMap<u32, Option<OwnedFd>>) -> Vec<ZygoteReply> {
     let mut exited = Vec::new();
     while let Ok(Some(r)) = sys::reap(None, false) {
         children.remove(&r.pid);
