@@ -259,3 +259,23 @@ fn a_worker_process_without_init_refuses_to_build_a_pool() {
     assert!(stdout.contains("REFUSED"), "{stdout}");
     assert!(stdout.contains("procpool::init()"), "{stdout}");
 }
+
+#[test]
+fn close_finishes_the_queue_even_while_the_only_worker_is_being_replaced() {
+    // The first worker's initializer fails: for a back-off moment the pool has no worker
+    // at all, with tasks queued and close() already called. They must still run.
+    let dir = scratch_dir("close-while-replacing");
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(init_fails_once, dir.to_string_lossy().into_owned())
+        .build()
+        .unwrap();
+    let results: Vec<_> = (0..3)
+        .map(|i| pool.apply_async(square, i).unwrap())
+        .collect();
+    pool.close();
+    assert!(pool.join_timeout(PATIENCE).unwrap(), "the pool finishes");
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(r.get(), Ok((i * i) as u64));
+    }
+}

@@ -250,14 +250,17 @@ impl Supervisor {
             self.tend();
             self.dispatch();
             self.replenish();
+            self.fail_stranded_tasks();
             self.close_if_drained();
         }
         self.kill_all_and_reap();
         self.shared.set_finished();
     }
 
+    /// Closed or terminated, with no worker left and nothing queued (a closing pool
+    /// whose last worker died still starts another for what is queued).
     fn finished(&self) -> bool {
-        self.phase != PoolPhase::Running && self.workers.is_empty()
+        self.phase != PoolPhase::Running && self.workers.is_empty() && self.queue.is_empty()
     }
 
     fn next_wakeup(&self) -> Duration {
@@ -923,13 +926,21 @@ impl Supervisor {
                 self.queue.push_front(t);
             }
         }
-        if self.broken.is_some() && self.live_workers() == 0 {
-            let message = self.broken.clone().unwrap_or_default();
-            for t in self.queue.drain(..) {
-                t.fail(JobError::StartFailed {
-                    message: message.clone(),
-                });
-            }
+    }
+
+    /// Once workers cannot be started and none is left, queued tasks would wait forever:
+    /// they fail with the start failure instead.
+    fn fail_stranded_tasks(&mut self) {
+        let Some(message) = &self.broken else {
+            return;
+        };
+        if self.live_workers() > 0 {
+            return;
+        }
+        for t in self.queue.drain(..) {
+            t.fail(JobError::StartFailed {
+                message: message.clone(),
+            });
         }
     }
 

@@ -169,3 +169,17 @@ pub fn shout_and_abort(message: String) {
     let _ = writeln!(std::io::stderr(), "{message}");
     std::process::abort();
 }
+
+/// An initializer that fails the first time, after 300 ms (it leaves a marker in
+/// `dir`), then works.
+#[job]
+pub fn init_fails_once(dir: String) -> Result<(), String> {
+    let marker = format!("{dir}/failed-once");
+    if std::fs::metadata(&marker).is_ok() {
+        return Ok(());
+    }
+    std::fs::write(&marker, b"").map_err(|e| e.to_string())?;
+    // Slowly, so that the caller's close() arrives while this start is failing.
+    std::thread::sleep(Duration::from_millis(300));
+    Err("first start fails".into())
+}
