@@ -67,22 +67,24 @@ fn under_fire(pool: &Pool, options: TaskOptions) -> (Vec<JobError>, usize) {
     (failures, kills.load(Ordering::SeqCst))
 }
 
-fn chaos_pool() -> Pool {
-    // The small pool-worker executable (whose built-in `square` matches ours) restarts
-    // much faster than this test binary, and this test restarts thousands of workers.
+fn chaos_pool(method: StartMethod) -> Pool {
+    // The small pool-worker executable (whose built-in `square` matches ours) starts
+    // much faster than this test binary, and this test starts thousands of workers.
     // Killing workers as they start counts against the start-failure limit; this test
     // is about exactly-once delivery, so that limit is set out of its way.
     Pool::builder()
         .processes(4)
+        .start_method(method)
         .worker_executable(workspace_binary("pool-worker", false))
         .max_start_failures(u32::MAX)
         .build()
         .unwrap()
 }
 
-#[test]
-fn every_task_resolves_exactly_once_while_workers_are_killed() {
-    let pool = chaos_pool();
+/// Without retries: every failure is the task of a SIGKILLed worker, at most one per
+/// kill, and the pool ends with its 4 workers.
+fn lost_tasks_are_only_the_killed_ones(method: StartMethod) {
+    let pool = chaos_pool(method);
     let (failures, kills) = under_fire(&pool, TaskOptions::default());
     assert!(kills > 10, "the chaos thread killed only {kills} workers");
     for e in &failures {
@@ -104,8 +106,13 @@ fn every_task_resolves_exactly_once_while_workers_are_killed() {
 }
 
 #[test]
+fn every_task_resolves_exactly_once_while_workers_are_killed() {
+    lost_tasks_are_only_the_killed_ones(StartMethod::Spawn);
+}
+
+#[test]
 fn with_retries_every_task_succeeds_while_workers_are_killed() {
-    let pool = chaos_pool();
+    let pool = chaos_pool(StartMethod::Spawn);
     let (failures, kills) = under_fire(&pool, TaskOptions::default().retries(1_000));
     assert!(kills > 10, "the chaos thread killed only {kills} workers");
     assert!(
@@ -120,23 +127,5 @@ fn with_retries_every_task_succeeds_while_workers_are_killed() {
 fn a_fork_server_pool_resolves_every_task_exactly_once_while_workers_are_killed() {
     // Replacements come from the fork server: its exit reports, not wait4, tell the
     // supervisor how each killed worker ended.
-    let pool = Pool::builder()
-        .processes(4)
-        .start_method(StartMethod::ForkServer)
-        .max_start_failures(u32::MAX)
-        .build()
-        .unwrap();
-    let (failures, kills) = under_fire(&pool, TaskOptions::default());
-    assert!(kills > 10, "the chaos thread killed only {kills} workers");
-    for e in &failures {
-        assert!(
-            matches!(e, JobError::WorkerLost { exitcode: -9, .. }),
-            "unexpected failure {e:?}"
-        );
-    }
-    assert!(
-        eventually(|| pool.worker_pids().len() == 4),
-        "the pool keeps 4 workers"
-    );
-    close_and_check(pool);
+    lost_tasks_are_only_the_killed_ones(StartMethod::ForkServer);
 }
