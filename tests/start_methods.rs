@@ -193,3 +193,59 @@ per_method!(
     limits_initializer_and_recycling,
     terminate_ends_everything,
 );
+
+/// The parent pid of `pid`, from `/proc`.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(')').unwrap();
+    rest.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_pool_survives_the_death_of_its_fork_server() {
+    let pool = builder(StartMethod::ForkServer)
+        .processes(2)
+        .build()
+        .unwrap();
+    let first_workers = pool.worker_pids();
+    let server = parent_of(first_workers[0]);
+    assert_ne!(
+        server,
+        std::process::id(),
+        "workers are the fork server's children"
+    );
+    // Both workers must be running their task when the server dies (markers prove it);
+    // a task still queued then would simply run on the new workers.
+    let dir = scratch_dir("fork-server-death");
+    let arg = (dir.to_string_lossy().into_owned(), 600_000u64);
+    let running: Vec<_> = (0..2)
+        .map(|_| pool.apply_async(mark_and_sleep, arg.clone()).unwrap())
+        .collect();
+    assert!(
+        eventually(|| std::fs::read_dir(&dir).is_ok_and(|d| d.count() == 2)),
+        "both tasks started"
+    );
+    let queued: Vec<_> = (0..4)
+        .map(|i| pool.apply_async(square, i).unwrap())
+        .collect();
+    signal(server, Signal::SIGKILL);
+    // Its workers die with it: their tasks are lost, the queued ones run on workers of
+    // a new fork server, and the pool closes and joins normally.
+    for r in running {
+        assert!(
+            matches!(
+                r.get_timeout(PATIENCE),
+                Err(JobError::WorkerLost { exitcode: -9, .. })
+            ),
+            "a running task is lost with the fork server"
+        );
+    }
+    for (i, r) in queued.into_iter().enumerate() {
+        assert_eq!(r.get_timeout(PATIENCE), Ok((i * i) as u64));
+    }
+    let new_workers = pool.worker_pids();
+    assert!(new_workers.iter().all(|p| !first_workers.contains(p)));
+    assert_ne!(parent_of(new_workers[0]), server, "a new fork server");
+    assert_gone(&first_workers);
+    close_and_check(pool);
+}

@@ -239,8 +239,9 @@ impl PoolBuilder {
         self
     }
 
-    /// How workers are started: [`StartMethod::Spawn`] (default, exec) or
-    /// [`StartMethod::Fork`] (fork the supervisor, no exec).
+    /// How workers are started: [`StartMethod::Spawn`] (default, exec),
+    /// [`StartMethod::Fork`] (fork the supervisor) or [`StartMethod::ForkServer`]
+    /// (forks of a fork server executed once per pool).
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.start_method = method;
         self

@@ -52,7 +52,7 @@ const PIPELINE_BELOW: Duration = Duration::from_millis(5);
 /// One unit of work on the wire: a chunk of arguments for one job.
 pub(crate) struct Task {
     pub id: u64,
-    /// The encoded `Request::Run` frame, shared so requeueing copies nothing.
+    /// The encoded request (`Run` or `RunBatch`), shared so requeueing copies nothing.
     pub frame: Arc<[u8]>,
     pub arguments: usize,
     pub sink: Arc<dyn Sink>,
@@ -136,8 +136,9 @@ struct Worker {
     stderr: Option<StderrTap>,
     /// The cgroup's OOM-kill count when it started.
     oom_kills_at_start: Option<u64>,
-    /// Forked by the fork server, which reaps and signals it.
-    via_zygote: bool,
+    /// The pid of the fork server that forked it (which reaps and signals it), if one
+    /// did. A worker of a fork server that has died or been replaced died with it.
+    zygote: Option<u32>,
 }
 
 impl Worker {
@@ -384,8 +385,8 @@ impl Supervisor {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
-        let via_zygote = self.config.launch.method == StartMethod::ForkServer;
-        let mut launched = if via_zygote {
+        let mut zygote_pid = None;
+        let mut launched = if self.config.launch.method == StartMethod::ForkServer {
             let zygote = match &mut self.zygote {
                 Some(z) if z.is_alive() => z,
                 _ => {
@@ -395,6 +396,7 @@ impl Supervisor {
                     self.zygote.insert(Zygote::start(&self.config.launch)?)
                 }
             };
+            zygote_pid = Some(zygote.pid);
             zygote.fork(&self.config.launch, self.config.start_timeout)?
         } else {
             launch::launch(&self.config.launch)?
@@ -440,7 +442,7 @@ impl Supervisor {
                 span,
                 stderr,
                 oom_kills_at_start: launch::cgroup_oom_kills(),
-                via_zygote,
+                zygote: zygote_pid,
             },
         );
         self.publish_pids();
@@ -744,10 +746,10 @@ impl Supervisor {
         let Some(w) = self.workers.get(&token) else {
             return;
         };
-        match (&self.zygote, w.via_zygote) {
-            (Some(z), true) => z.signal(w.pid, signal),
-            (None, true) => {} // the fork server is gone, and its workers with it
-            (_, false) => sys::signal(w.pid, signal),
+        match (w.zygote, &self.zygote) {
+            (None, _) => sys::signal(w.pid, signal),
+            (Some(server), Some(z)) if z.pid == server => z.signal(w.pid, signal),
+            _ => {} // its fork server is gone, and it died with it
         }
     }
 
@@ -801,14 +803,16 @@ impl Supervisor {
             let Some(w) = self.workers.get(&token) else {
                 continue;
             };
-            let reaped = match (&mut self.zygote, w.via_zygote) {
-                (Some(z), true) => Ok(z.take_exit(w.pid)),
-                (None, true) => Ok(Some(Reaped {
+            let reaped = match (w.zygote, &mut self.zygote) {
+                (None, _) => os::reap(Some(w.pid), false),
+                // Its fork server reaps it and reports the exit.
+                (Some(server), Some(z)) if z.pid == server => Ok(z.take_exit(w.pid)),
+                // Its fork server is gone: it died with it, by its parent-death signal.
+                (Some(_), _) => Ok(Some(Reaped {
                     pid: w.pid,
                     exitcode: -(Signal::SIGKILL as i32),
                     peak_rss: 0,
                 })),
-                (_, false) => os::reap(Some(w.pid), false),
             };
             let Some(w) = self.workers.get(&token) else {
                 continue;
@@ -1052,7 +1056,7 @@ impl Supervisor {
                 }
             }
             // The fork server reaps its own workers; closing its channel below ends it.
-            if !w.via_zygote {
+            if w.zygote.is_none() {
                 let _ = os::reap(Some(w.pid), true);
             }
         }
