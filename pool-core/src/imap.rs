@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
 use crate::TaskOptions;
 use crate::error::JobError;
@@ -37,12 +37,12 @@ pub struct Imap<'a, I, O> {
     pool: &'a Pool,
     spec: Result<TaskSpec, JobError>,
     encode: Encode<I>,
-    decode: Decode<O>,
+    /// Where every task of this stream delivers (the part number says which).
+    sink: Arc<StreamSink<O>>,
     inputs: Box<dyn Iterator<Item = I> + 'a>,
     ordered: bool,
     chunksize: usize,
     max_in_flight: usize,
-    tx: Sender<(usize, Outcomes<O>)>,
     rx: Receiver<(usize, Outcomes<O>)>,
     /// Parts submitted so far (the next part's number).
     submitted: usize,
@@ -70,12 +70,11 @@ impl<'a, I: 'a, O: Send + 'static> Imap<'a, I, O> {
             pool,
             spec,
             encode,
-            decode,
+            sink: Arc::new(StreamSink { tx, decode }),
             inputs,
             ordered,
             chunksize: 1,
             max_in_flight: pool.processes() * 4,
-            tx,
             rx,
             submitted: 0,
             in_flight: 0,
@@ -121,10 +120,7 @@ impl<'a, I: 'a, O: Send + 'static> Imap<'a, I, O> {
             let part = self.submitted;
             self.submitted += 1;
             let count = chunk.len();
-            let sink = Arc::new(StreamSink {
-                tx: self.tx.clone(),
-                decode: self.decode,
-            });
+            let sink = self.sink.clone();
             let sent = self
                 .spec
                 .as_ref()
@@ -142,21 +138,25 @@ impl<'a, I: 'a, O: Send + 'static> Imap<'a, I, O> {
         }
     }
 
+    /// Takes part `part`'s results: ready at once when unordered, else once every
+    /// earlier part is in.
     fn accept(&mut self, part: usize, results: Outcomes<O>) {
-        let first = part * self.chunksize;
-        let positioned = results.into_iter().enumerate().map(|(i, r)| (first + i, r));
         if !self.ordered {
-            self.ready.extend(positioned);
-            return;
+            return self.release(part, results);
         }
-        self.early
-            .insert(part, positioned.map(|(_, r)| r).collect());
+        self.early.insert(part, results);
         while let Some(results) = self.early.remove(&self.next_part) {
-            let first = self.next_part * self.chunksize;
-            self.ready
-                .extend(results.into_iter().enumerate().map(|(i, r)| (first + i, r)));
+            self.release(self.next_part, results);
             self.next_part += 1;
         }
+    }
+
+    /// Queues part `part`'s results with their input positions (chunks are consecutive
+    /// and all `chunksize` long but the last).
+    fn release(&mut self, part: usize, results: Outcomes<O>) {
+        let first = part * self.chunksize;
+        self.ready
+            .extend(results.into_iter().enumerate().map(|(i, r)| (first + i, r)));
     }
 
     fn next_positioned(&mut self) -> Option<(usize, Result<O, JobError>)> {

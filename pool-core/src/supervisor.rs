@@ -225,14 +225,8 @@ impl Supervisor {
                 self.begin_terminate(JobError::Terminated);
                 break;
             }
-            let ready: Vec<(Token, bool, bool)> = events
-                .iter()
-                .map(|e| {
-                    let closed = e.is_read_closed() || e.is_error();
-                    (e.token(), e.is_readable() || closed, e.is_writable())
-                })
-                .collect();
-            for (token, readable, writable) in ready {
+            for event in events.iter() {
+                let token = event.token();
                 if token == WAKER {
                     self.take_commands();
                     continue;
@@ -241,10 +235,11 @@ impl Supervisor {
                     self.read_stderr(Token(token.0 - 1));
                     continue;
                 }
-                if writable {
+                if event.is_writable() {
                     self.flush(token);
                 }
-                if readable {
+                // A hang-up or error is read too: the read finds the end of stream.
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
                     self.read(token);
                 }
             }
