@@ -127,6 +127,7 @@ fn all_succeeded_is_status_0_and_unordered_keeps_every_record() {
         &input,
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "", "--quiet prints nothing when all succeed");
     let mut recs = records(&String::from_utf8_lossy(&out.stdout));
     recs.sort_by_key(|r| r["index"].as_u64());
     assert_eq!(recs.len(), 300);
@@ -329,4 +330,20 @@ fn sigkill_of_procpool_leaves_no_worker_behind() {
         workers.iter().all(|&w| !is_running(w))
     });
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn verbose_logs_what_the_pool_does_and_the_default_does_not() {
+    let out = run_with_input(&["-vv", "run", "square", "-w", "1"], "3\n");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(
+        log.contains("worker started"),
+        "-vv logs worker starts:\n{log}"
+    );
+    let out = run_with_input(&["run", "square", "-w", "1"], "3\n");
+    assert!(
+        !stderr(&out).contains("worker started"),
+        "no logs by default"
+    );
 }
