@@ -56,15 +56,27 @@
 //! ([`StartMethod::Spawn`], the default), by forking the supervisor
 //! ([`StartMethod::Fork`]) or from a fork server ([`StartMethod::ForkServer`]).
 //!
+//! # Processes and shared primitives
+//!
+//! [`Process`] runs one job in a process of its own (`pid`, `is_alive`, `join`,
+//! `join_timeout`, `terminate`, `kill`, `exitcode`, `result`), like
+//! `multiprocessing.Process`. Processes talk through [`Queue`] / [`JoinableQueue`],
+//! [`Pipe`], [`Event`], [`Lock`], [`Semaphore`], [`Value`] and [`Array`], each a handle
+//! to shared memory that goes to another process as a job argument. None of them
+//! hangs on a dead peer: a lock whose holder died is taken over, and a queue or pipe
+//! whose other side is gone says [`SyncError::Disconnected`].
+//!
 //! # Crates
 //!
 //! This facade re-exports `pool-core` (the supervisor), `pool-worker` (what runs in a
 //! worker) and `pool-macros` (`#[job]`).
 
 pub use pool_core::{
-    AsCompleted, AsyncResult, Codec, Error, Imap, JobError, JobInfo, LostCause, Pool, PoolBuilder,
-    StartMethod, TaskOptions, WaitFor, WithPositions, as_completed, default_chunksize,
-    describe_exitcode, wait,
+    Array, ArrayGuard, AsCompleted, AsyncResult, Codec, DEFAULT_BUFFER_BYTES, Error, Event, Imap,
+    Integer, JobError, JobInfo, JoinableQueue, Lock, LockGuard, LostCause, Pipe, Plain, Pool,
+    PoolBuilder, Process, ProcessBuilder, Queue, QueueBuilder, Semaphore, SemaphoreGuard,
+    StartMethod, SyncError, TaskOptions, Value, ValueGuard, WaitFor, WithPositions, as_completed,
+    default_chunksize, describe_exitcode, wait,
 };
 pub use pool_macros::job;
 pub use pool_worker::{Job, JobEntry};

@@ -29,9 +29,11 @@ mod error;
 mod imap;
 mod launch;
 mod pool;
+mod process;
 mod result;
 mod stderr;
 mod supervisor;
+mod sync;
 mod sys;
 mod wait;
 mod zygote;
@@ -41,5 +43,10 @@ pub use imap::{Imap, WithPositions};
 pub use launch::StartMethod;
 pub use pool::{JobInfo, Pool, PoolBuilder, TEST_ENTRY, TestHarness, default_chunksize};
 pub use pool_worker::Codec;
+pub use process::{Process, ProcessBuilder};
 pub use result::AsyncResult;
+pub use sync::{
+    Array, ArrayGuard, DEFAULT_BUFFER_BYTES, Event, Integer, JoinableQueue, Lock, LockGuard, Pipe,
+    Plain, Queue, QueueBuilder, Semaphore, SemaphoreGuard, SyncError, Value, ValueGuard,
+};
 pub use wait::{AsCompleted, WaitFor, as_completed, wait};

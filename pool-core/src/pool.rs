@@ -23,6 +23,7 @@ use crate::result::{
     raw_delivery, wait_while,
 };
 use crate::supervisor::{Command, Supervisor, Task, WAKER};
+use crate::sync::{Hold, collect_holds};
 
 /// Everything the supervisor needs to know, fixed at `build()`.
 pub(crate) struct Config {
@@ -348,7 +349,10 @@ impl PoolBuilder {
     }
 }
 
-fn launch_spec(executable: Option<PathBuf>, args: Vec<OsString>) -> Result<LaunchSpec, Error> {
+pub(crate) fn launch_spec(
+    executable: Option<PathBuf>,
+    args: Vec<OsString>,
+) -> Result<LaunchSpec, Error> {
     if let Some(executable) = executable {
         return Ok(LaunchSpec {
             method: StartMethod::Spawn,
@@ -543,7 +547,7 @@ impl JobTable {
 
     /// The wire index of `J`, checking that the workers' job of that name has the
     /// same argument and result types as the caller's.
-    fn resolve<J: Job>(&self) -> Result<u32, JobError> {
+    pub(crate) fn resolve<J: Job>(&self) -> Result<u32, JobError> {
         let index = self.index(J::NAME).ok_or_else(|| JobError::UnknownJob {
             name: J::NAME.to_owned(),
             detail: String::new(),
@@ -626,20 +630,25 @@ impl TaskSpec {
 pub(crate) enum Arguments {
     /// Each encoded on its own (the untyped path: `imap_encoded`, the CLI).
     Each(Vec<ByteBuf>),
-    /// `count` arguments encoded together as one bincode `Vec` (typed callers).
-    Batch { count: usize, bytes: Vec<u8> },
+    /// `count` arguments encoded together as one bincode `Vec` (typed callers), with
+    /// holds on the queues and pipes among them while they are in flight.
+    Batch {
+        count: usize,
+        bytes: Vec<u8>,
+        holds: Vec<Hold>,
+    },
 }
 
 /// Encodes typed arguments for the wire, as one batch.
 pub(crate) fn encode_all<T: serde::Serialize>(arguments: &[T]) -> Result<Arguments, JobError> {
-    let bytes = Codec::Bincode
-        .encode(arguments)
-        .map_err(|message| JobError::Codec {
-            message: format!("argument does not encode: {message}"),
-        })?;
+    let (bytes, holds) = collect_holds(|| Codec::Bincode.encode(arguments));
+    let bytes = bytes.map_err(|message| JobError::Codec {
+        message: format!("argument does not encode: {message}"),
+    })?;
     Ok(Arguments::Batch {
         count: arguments.len(),
         bytes,
+        holds,
     })
 }
 
@@ -937,7 +946,7 @@ impl Pool {
         part: usize,
     ) -> Result<Task, JobError> {
         let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
-        let (count, request) = match arguments {
+        let (count, request, holds) = match arguments {
             Arguments::Each(arguments) => (
                 arguments.len(),
                 Request::Run {
@@ -946,8 +955,13 @@ impl Pool {
                     codec: spec.codec,
                     arguments,
                 },
+                Vec::new(),
             ),
-            Arguments::Batch { count, bytes } => (
+            Arguments::Batch {
+                count,
+                bytes,
+                holds,
+            } => (
                 count,
                 Request::RunBatch {
                     task: id,
@@ -957,6 +971,7 @@ impl Pool {
                     })?,
                     batch: bytes.into(),
                 },
+                holds,
             ),
         };
         let frame = protocol::frame(&request).map_err(|e| JobError::Codec {
@@ -980,6 +995,7 @@ impl Pool {
             span: tracing::debug_span!("task", id, job = %spec.name),
             options: spec.options,
             lost_runs: 0,
+            _holds: holds,
         })
     }
 

@@ -28,6 +28,7 @@ pub(crate) type Outcomes<T> = Vec<Result<T, JobError>>;
 pub(crate) type Finish<T, U> = fn(Outcomes<T>) -> Result<U, JobError>;
 
 /// What a task's worker (or its fate) sent back for it.
+#[derive(Clone)]
 pub(crate) enum Delivery {
     /// One raw outcome per argument.
     Items(Vec<RawOutcome>),

@@ -62,6 +62,9 @@ pub(crate) struct Task {
     pub options: TaskOptions,
     /// Runs of this task lost with their worker so far.
     pub lost_runs: u32,
+    /// Queues and pipes among the arguments, counted as held until the task resolves
+    /// (never read: dropping the task releases them).
+    pub _holds: Vec<crate::sync::Hold>,
 }
 
 impl Task {
@@ -1125,7 +1128,7 @@ fn start_error(message: String) -> JobError {
     JobError::StartFailed { message }
 }
 
-fn raw_outcome(outcome: Outcome) -> RawOutcome {
+pub(crate) fn raw_outcome(outcome: Outcome) -> RawOutcome {
     match outcome {
         Outcome::Ok(bytes) => Ok(bytes.into_vec()),
         Outcome::Failed(message) => Err(JobError::Failed { message }),

@@ -20,7 +20,7 @@ use serde_bytes::ByteBuf;
 use crate::codec::Codec;
 
 /// Bumped whenever a message here changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The first bytes of every hello frame.
 pub const MAGIC: [u8; 4] = *b"PPW\x01";
 /// Environment variable with the worker's end of its stream (a file descriptor number).
@@ -111,6 +111,9 @@ pub enum Request {
         count: u32,
         batch: ByteBuf,
     },
+    /// Exit now with status `code`, sending nothing: how a `Process` ends its worker
+    /// with an exit status that tells whether the job succeeded.
+    Exit { code: i32 },
 }
 
 /// Worker to supervisor.

@@ -153,6 +153,7 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                 };
                 Reply::Done { task, outcomes }
             }
+            Request::Exit { code } => leave(code),
             Request::RunBatch {
                 task,
                 job,

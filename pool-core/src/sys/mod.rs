@@ -1,4 +1,7 @@
 //! The supervisor's system calls that need `unsafe`, each behind a safe function.
+//! Shared memory for the `sync` primitives is in [`shm`].
+
+pub(crate) mod shm;
 
 use std::io;
 use std::os::fd::RawFd;

@@ -1,0 +1,481 @@
+//! The shared-memory message channel behind [`Queue`](super::Queue) and
+//! [`Pipe`](super::Pipe): one or two lanes, each a ring of length-prefixed messages,
+//! and a table of which processes hold handles to which end.
+//!
+//! Layout after the region header:
+//!
+//! ```text
+//! 16 ring size (bytes, a power of two)   20 lanes (1 or 2)   24 capacity (items, 0: none)
+//! 32 lane 0, 64 lane 1: seq u32, sleepers u32, put u64, get u64, done u32
+//! 96 holder slots: pid u32, end u32, count u32, unused u32
+//! 4096 ring of lane 0, then ring of lane 1
+//! ```
+//!
+//! Every change happens under the region's lock (`sys::shm`), and each operation
+//! commits with one 64-bit store (`put` = tail position and items put; `get` = head
+//! position and items taken), so a process killed inside `put` or `get` leaves the
+//! channel as it was before or after, never between; the next locker takes the lock
+//! over from the dead holder. Waiters sleep on the lane's `seq`, which every change
+//! bumps, and wake at least every 50 ms to see whether a peer died.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::SyncError;
+use super::region::{self, FIELDS, Kind};
+use crate::sys::shm::{Held, Mapping, futex_wake, process_alive};
+
+const RING_SIZE: usize = FIELDS;
+const LANES: usize = FIELDS + 4;
+const CAPACITY: usize = FIELDS + 8;
+const LANE0: usize = 32;
+const LANE_BYTES: usize = 32;
+const SLOTS_AT: usize = 96;
+const SLOT_BYTES: usize = 16;
+/// Processes (per end) that can hold handles at once; slots of dead processes are
+/// reused.
+pub(crate) const MAX_HOLDERS: usize = 250;
+const RINGS_AT: usize = 4096;
+const LEN_PREFIX: usize = 4;
+/// How often a blocked waiter looks whether its peers are still alive.
+const PEER_TICK: Duration = Duration::from_millis(50);
+
+/// Who is on the other side of a wait, for telling "nothing yet" from "nothing ever".
+#[derive(Clone, Copy)]
+pub(crate) enum Peer {
+    /// Any handle of end 0 other than the caller's own (a queue).
+    AnyOther,
+    /// Any handle of this end (the far end of a pipe).
+    End(u32),
+}
+
+/// A handle's view of a channel region; each `Channel` value counts as one handle of
+/// `end` in the holder table for as long as it lives.
+pub(crate) struct Channel {
+    map: Arc<Mapping>,
+    ring: u32,
+}
+
+impl Channel {
+    /// A new channel with `lanes` rings of at least `ring_bytes` each, holding at most
+    /// `capacity` items per lane (0: no limit but the ring).
+    pub fn create(
+        kind: Kind,
+        tag: u32,
+        lanes: u32,
+        ring_bytes: usize,
+        capacity: u32,
+    ) -> Result<Channel, SyncError> {
+        let ring = ring_bytes.clamp(64, 1 << 31).next_power_of_two();
+        let map = region::create(kind, tag, RINGS_AT + lanes as usize * ring)?;
+        map.u32_at(RING_SIZE).store(ring as u32, Ordering::SeqCst);
+        map.u32_at(LANES).store(lanes, Ordering::SeqCst);
+        map.u32_at(CAPACITY).store(capacity, Ordering::SeqCst);
+        Ok(Channel {
+            map,
+            ring: ring as u32,
+        })
+    }
+
+    /// A channel view of a region another process sent, its layout checked against
+    /// the region's size (the header is shared memory: never trusted blindly).
+    pub fn open(map: Arc<Mapping>, lanes: u32) -> Result<Channel, String> {
+        let ring = map.u32_at(RING_SIZE).load(Ordering::SeqCst);
+        let stored_lanes = map.u32_at(LANES).load(Ordering::SeqCst);
+        if stored_lanes != lanes
+            || !ring.is_power_of_two()
+            || RINGS_AT + lanes as usize * ring as usize != map.len()
+        {
+            return Err(format!(
+                "channel header (ring {ring}, lanes {stored_lanes}) does not match its region of {} bytes",
+                map.len()
+            ));
+        }
+        Ok(Channel { map, ring })
+    }
+
+    fn lane(&self, lane: u32) -> usize {
+        LANE0 + lane as usize * LANE_BYTES
+    }
+
+    fn seq(&self, lane: u32) -> &AtomicU32 {
+        self.map.u32_at(self.lane(lane))
+    }
+
+    fn sleepers(&self, lane: u32) -> &AtomicU32 {
+        self.map.u32_at(self.lane(lane) + 4)
+    }
+
+    fn put_word(&self, lane: u32) -> &AtomicU64 {
+        self.map.u64_at(self.lane(lane) + 8)
+    }
+
+    fn get_word(&self, lane: u32) -> &AtomicU64 {
+        self.map.u64_at(self.lane(lane) + 16)
+    }
+
+    fn done(&self, lane: u32) -> &AtomicU32 {
+        self.map.u32_at(self.lane(lane) + 24)
+    }
+
+    fn slot(&self, i: usize) -> (&AtomicU32, &AtomicU32, &AtomicU32) {
+        let at = SLOTS_AT + i * SLOT_BYTES;
+        (
+            self.map.u32_at(at),
+            self.map.u32_at(at + 4),
+            self.map.u32_at(at + 8),
+        )
+    }
+
+    /// Counts one more handle of `end` in this process.
+    pub fn register(&self, end: u32) -> Result<(), SyncError> {
+        let _held = self.map.lock();
+        let me = std::process::id();
+        let mut free = None;
+        for i in 0..MAX_HOLDERS {
+            let (pid, e, count) = self.slot(i);
+            let (p, c) = (pid.load(Ordering::SeqCst), count.load(Ordering::SeqCst));
+            if p == me && e.load(Ordering::SeqCst) == end {
+                count.store(c + 1, Ordering::SeqCst);
+                return Ok(());
+            }
+            if free.is_none() && (p == 0 || c == 0) {
+                free = Some(i);
+            }
+        }
+        let slot = match free {
+            Some(i) => i,
+            None => (0..MAX_HOLDERS)
+                .find(|&i| !process_alive(self.slot(i).0.load(Ordering::SeqCst)))
+                .ok_or(SyncError::TooManyHolders { max: MAX_HOLDERS })?,
+        };
+        let (pid, e, count) = self.slot(slot);
+        pid.store(me, Ordering::SeqCst);
+        e.store(end, Ordering::SeqCst);
+        count.store(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Counts one handle of `end` in this process less, and wakes waiters so that they
+    /// see whether their peer is gone.
+    pub fn deregister(&self, end: u32) {
+        {
+            let _held = self.map.lock();
+            let me = std::process::id();
+            for i in 0..MAX_HOLDERS {
+                let (pid, e, count) = self.slot(i);
+                if pid.load(Ordering::SeqCst) == me && e.load(Ordering::SeqCst) == end {
+                    let c = count.load(Ordering::SeqCst);
+                    count.store(c.saturating_sub(1), Ordering::SeqCst);
+                    break;
+                }
+            }
+        }
+        for lane in 0..self.lanes() {
+            self.notify(lane);
+        }
+    }
+
+    fn lanes(&self) -> u32 {
+        (self.map.len() - RINGS_AT) as u32 / self.ring
+    }
+
+    /// Whether some handle other than the caller's could still act on the channel.
+    fn peer_alive(&self, _held: &Held<'_>, peer: Peer) -> bool {
+        let me = std::process::id();
+        let (end, mine_excluded) = match peer {
+            Peer::AnyOther => (0, 1),
+            Peer::End(end) => (end, 0),
+        };
+        let mut live = 0u64;
+        for i in 0..MAX_HOLDERS {
+            let (pid, e, count) = self.slot(i);
+            let (p, c) = (pid.load(Ordering::SeqCst), count.load(Ordering::SeqCst));
+            if c == 0 || e.load(Ordering::SeqCst) != end {
+                continue;
+            }
+            if p == me || process_alive(p) {
+                live += u64::from(c);
+            }
+            if live > mine_excluded {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether the far end has any handle at all (no liveness check: cheap enough for
+    /// every send).
+    fn end_held(&self, _held: &Held<'_>, end: u32) -> bool {
+        (0..MAX_HOLDERS).any(|i| {
+            let (_, e, count) = self.slot(i);
+            e.load(Ordering::SeqCst) == end && count.load(Ordering::SeqCst) > 0
+        })
+    }
+
+    fn notify(&self, lane: u32) {
+        let seq = self.seq(lane);
+        seq.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers(lane).load(Ordering::SeqCst) > 0 {
+            futex_wake(seq, i32::MAX);
+        }
+    }
+
+    /// Sleeps until the lane changes, `deadline`, or the next peer check.
+    fn sleep(&self, lane: u32, seq: u32, deadline: Option<Instant>) -> Result<(), SyncError> {
+        let tick = Instant::now() + PEER_TICK;
+        let until = deadline.map_or(tick, |d| d.min(tick));
+        let sleepers = self.sleepers(lane);
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        super::sleep(self.seq(lane), seq, Some(until));
+        sleepers.fetch_sub(1, Ordering::SeqCst);
+        match deadline {
+            Some(d) if Instant::now() >= d => Err(SyncError::Timeout),
+            _ => Ok(()),
+        }
+    }
+
+    fn lock_until(&self, deadline: Option<Instant>) -> Result<Held<'_>, SyncError> {
+        match deadline {
+            None => Ok(self.map.lock()),
+            Some(d) => self.map.lock_until(d).ok_or(SyncError::Timeout),
+        }
+    }
+
+    /// Positions and counts of a lane, validated: `(tail, puts, head, gets)`.
+    fn state(&self, lane: u32) -> Result<(u32, u32, u32, u32), SyncError> {
+        let put = self.put_word(lane).load(Ordering::SeqCst);
+        let get = self.get_word(lane).load(Ordering::SeqCst);
+        let (tail, puts, head, gets) = (
+            put as u32,
+            (put >> 32) as u32,
+            get as u32,
+            (get >> 32) as u32,
+        );
+        if tail.wrapping_sub(head) > self.ring {
+            return Err(SyncError::Corrupt(format!(
+                "ring holds {} bytes in {}",
+                tail.wrapping_sub(head),
+                self.ring
+            )));
+        }
+        Ok((tail, puts, head, gets))
+    }
+
+    fn ring_at(&self, lane: u32, pos: u32) -> (usize, usize) {
+        let base = RINGS_AT + lane as usize * self.ring as usize;
+        let off = (pos % self.ring) as usize;
+        (base, off)
+    }
+
+    fn copy_in(&self, held: &Held<'_>, lane: u32, pos: u32, bytes: &[u8]) {
+        let (base, off) = self.ring_at(lane, pos);
+        let first = bytes.len().min(self.ring as usize - off);
+        self.map.write(held, base + off, &bytes[..first]);
+        self.map.write(held, base, &bytes[first..]);
+    }
+
+    fn copy_out(&self, held: &Held<'_>, lane: u32, pos: u32, bytes: &mut [u8]) {
+        let (base, off) = self.ring_at(lane, pos);
+        let first = bytes.len().min(self.ring as usize - off);
+        self.map.read(held, base + off, &mut bytes[..first]);
+        self.map.read(held, base, &mut bytes[first..]);
+    }
+
+    /// The largest message a lane takes.
+    pub fn max_message(&self) -> usize {
+        self.ring as usize - LEN_PREFIX
+    }
+
+    /// Appends `message` to `lane`, waiting for room until `deadline`.
+    pub fn send(
+        &self,
+        lane: u32,
+        message: &[u8],
+        deadline: Option<Instant>,
+        peer: Peer,
+    ) -> Result<(), SyncError> {
+        let need = LEN_PREFIX + message.len();
+        if message.len() > self.max_message() {
+            return Err(SyncError::TooLarge {
+                size: message.len(),
+                max: self.max_message(),
+            });
+        }
+        let capacity = self.map.u32_at(CAPACITY).load(Ordering::SeqCst);
+        loop {
+            let held = self.lock_until(deadline)?;
+            if let Peer::End(end) = peer {
+                if !self.end_held(&held, end) {
+                    return Err(SyncError::Disconnected);
+                }
+            }
+            let (tail, puts, head, gets) = self.state(lane)?;
+            let free = self.ring - tail.wrapping_sub(head);
+            let items = puts.wrapping_sub(gets);
+            if free as usize >= need && (capacity == 0 || items < capacity) {
+                self.copy_in(&held, lane, tail, &(message.len() as u32).to_le_bytes());
+                self.copy_in(&held, lane, tail.wrapping_add(LEN_PREFIX as u32), message);
+                let tail = tail.wrapping_add(need as u32);
+                let puts = puts.wrapping_add(1);
+                self.put_word(lane)
+                    .store(u64::from(tail) | (u64::from(puts) << 32), Ordering::SeqCst);
+                drop(held);
+                self.notify(lane);
+                return Ok(());
+            }
+            if !self.peer_alive(&held, peer) {
+                return Err(SyncError::Disconnected);
+            }
+            let seq = self.seq(lane).load(Ordering::SeqCst);
+            drop(held);
+            self.sleep(lane, seq, deadline)?;
+        }
+    }
+
+    /// Takes the oldest message of `lane`, waiting for one until `deadline`.
+    pub fn recv(
+        &self,
+        lane: u32,
+        deadline: Option<Instant>,
+        peer: Peer,
+    ) -> Result<Vec<u8>, SyncError> {
+        loop {
+            let held = self.lock_until(deadline)?;
+            let (tail, puts, head, gets) = self.state(lane)?;
+            if puts != gets {
+                let used = tail.wrapping_sub(head) as usize;
+                let mut prefix = [0u8; LEN_PREFIX];
+                self.copy_out(&held, lane, head, &mut prefix);
+                let len = u32::from_le_bytes(prefix) as usize;
+                if LEN_PREFIX + len > used {
+                    return Err(SyncError::Corrupt(format!(
+                        "a message of {len} bytes in {used} bytes of ring"
+                    )));
+                }
+                let mut message = vec![0u8; len];
+                self.copy_out(
+                    &held,
+                    lane,
+                    head.wrapping_add(LEN_PREFIX as u32),
+                    &mut message,
+                );
+                let head = head.wrapping_add((LEN_PREFIX + len) as u32);
+                let gets = gets.wrapping_add(1);
+                self.get_word(lane)
+                    .store(u64::from(head) | (u64::from(gets) << 32), Ordering::SeqCst);
+                drop(held);
+                self.notify(lane);
+                return Ok(message);
+            }
+            if !self.peer_alive(&held, peer) {
+                return Err(SyncError::Disconnected);
+            }
+            let seq = self.seq(lane).load(Ordering::SeqCst);
+            drop(held);
+            self.sleep(lane, seq, deadline)?;
+        }
+    }
+
+    /// Messages waiting in `lane`.
+    pub fn len(&self, lane: u32) -> usize {
+        let put = self.put_word(lane).load(Ordering::SeqCst);
+        let get = self.get_word(lane).load(Ordering::SeqCst);
+        ((put >> 32) as u32).wrapping_sub((get >> 32) as u32) as usize
+    }
+
+    /// Marks one taken item of `lane` as processed.
+    pub fn task_done(&self, lane: u32) -> Result<(), SyncError> {
+        {
+            let _held = self.map.lock();
+            let (_, _, _, gets) = self.state(lane)?;
+            let done = self.done(lane).load(Ordering::SeqCst);
+            if done == gets {
+                return Err(SyncError::TaskDone);
+            }
+            self.done(lane)
+                .store(done.wrapping_add(1), Ordering::SeqCst);
+        }
+        self.notify(lane);
+        Ok(())
+    }
+
+    /// Waits until every item put in `lane` was marked done, until `deadline`.
+    pub fn join(&self, lane: u32, deadline: Option<Instant>, peer: Peer) -> Result<(), SyncError> {
+        loop {
+            let held = self.lock_until(deadline)?;
+            let (_, puts, _, _) = self.state(lane)?;
+            if self.done(lane).load(Ordering::SeqCst) == puts {
+                return Ok(());
+            }
+            if !self.peer_alive(&held, peer) {
+                return Err(SyncError::Disconnected);
+            }
+            let seq = self.seq(lane).load(Ordering::SeqCst);
+            drop(held);
+            self.sleep(lane, seq, deadline)?;
+        }
+    }
+}
+
+thread_local! {
+    /// Handles serialized while [`collect_holds`] runs on this thread.
+    static HOLDS: RefCell<Option<Vec<Hold>>> = const { RefCell::new(None) };
+}
+
+/// A handle counted on behalf of a copy in flight to another process (a task's or a
+/// `Process`'s argument), so that the far side is not seen as gone before the receiver
+/// has opened its copy. Dropped when the task resolves or the process is reaped.
+pub(crate) struct Hold {
+    channel: Channel,
+    end: u32,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.channel.deregister(self.end);
+    }
+}
+
+/// Runs `f` (which serializes arguments) and returns, with its result, a hold on every
+/// channel handle it serialized.
+pub(crate) fn collect_holds<R>(f: impl FnOnce() -> R) -> (R, Vec<Hold>) {
+    let previous = HOLDS.with(|h| h.replace(Some(Vec::new())));
+    let r = f();
+    let holds = HOLDS.with(|h| h.replace(previous)).unwrap_or_default();
+    (r, holds)
+}
+
+/// Called when a channel handle is serialized: counts the copy in flight if a
+/// [`collect_holds`] is running.
+fn hold_in_flight(map: &Arc<Mapping>, ring: u32, end: u32) {
+    HOLDS.with(|h| {
+        if let Some(holds) = h.borrow_mut().as_mut() {
+            let channel = Channel {
+                map: map.clone(),
+                ring,
+            };
+            if channel.register(end).is_ok() {
+                holds.push(Hold { channel, end });
+            }
+        }
+    });
+}
+
+impl Channel {
+    /// This handle of `end` as it travels, held in flight if a [`collect_holds`] runs.
+    pub fn wire(&self, end: u32) -> region::Wire {
+        hold_in_flight(&self.map, self.ring, end);
+        region::Wire::of(&self.map)
+    }
+
+    /// Another view of the same channel (the caller registers it).
+    pub fn share(&self) -> Channel {
+        Channel {
+            map: self.map.clone(),
+            ring: self.ring,
+        }
+    }
+}
