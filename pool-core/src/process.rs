@@ -400,7 +400,6 @@ impl Keeper {
         while let Err(nix::errno::Errno::EINTR) =
             waitid(child, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
         {}
-        }
         let mut state = self.inner.state();
         let reaped = pool_worker::os::reap(Some(pid), true);
         let (exitcode, peak_rss) = match reaped {
