@@ -396,9 +396,9 @@ impl Keeper {
         }
         // Wait for the end without reaping, then reap under the lock that signals are
         // sent under.
-        let child = Id::Pid(nix::unistd::Pid::from_raw(pid as i32));
+        let child = nix::unistd::Pid::from_raw(pid as i32);
         while let Err(nix::errno::Errno::EINTR) =
-            waitid(child, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+            waitid(Id::Pid(child), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
         {}
         let mut state = self.inner.state();
         let reaped = pool_worker::os::reap(Some(pid), true);
