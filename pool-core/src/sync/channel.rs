@@ -206,15 +206,6 @@ impl Channel {
         false
     }
 
-    /// Whether the far end has any handle at all (no liveness check: cheap enough for
-    /// every send).
-    fn end_held(&self, _held: &Held<'_>, end: u32) -> bool {
-        (0..MAX_HOLDERS).any(|i| {
-            let (_, e, count) = self.slot(i);
-            e.load(Ordering::SeqCst) == end && count.load(Ordering::SeqCst) > 0
-        })
-    }
-
     fn notify(&self, lane: u32) {
         let seq = self.seq(lane);
         seq.fetch_add(1, Ordering::SeqCst);
@@ -307,10 +298,9 @@ impl Channel {
         let capacity = self.map.u32_at(CAPACITY).load(Ordering::SeqCst);
         loop {
             let held = self.lock_until(deadline)?;
-            if let Peer::End(end) = peer {
-                if !self.end_held(&held, end) {
-                    return Err(SyncError::Disconnected);
-                }
+            // A pipe end does not send into the void: Python raises BrokenPipeError.
+            if matches!(peer, Peer::End(_)) && !self.peer_alive(&held, peer) {
+                return Err(SyncError::Disconnected);
             }
             let (tail, puts, head, gets) = self.state(lane)?;
             let free = self.ring - tail.wrapping_sub(head);
