@@ -53,6 +53,19 @@ fn stage(
     }
 }
 
+/// Takes items until no other handle of the queue is left; returns how many.
+#[job]
+fn drain(q: Queue<u64>) -> Result<u64, String> {
+    let mut n = 0;
+    loop {
+        match q.get() {
+            Ok(_) => n += 1,
+            Err(SyncError::Disconnected) => return Ok(n),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// Puts one item, then sleeps until killed.
 #[job]
 fn put_one_then_hang(q: Queue<u64>) -> Result<(), String> {
@@ -257,6 +270,20 @@ fn get_after_the_last_producer_died_is_disconnected_not_a_hang() {
     assert_eq!(producer.join(), -9);
     assert_eq!(q.get_timeout(PATIENCE), Err(SyncError::Disconnected));
     assert_gone(&[producer.pid()]);
+}
+
+#[test]
+fn a_consumer_process_sees_its_producer_drop_the_queue() {
+    let q = Queue::<u64>::new().expect("queue");
+    // The copy in flight counts until the child opens it, so dropping the parent's
+    // last handle right away neither strands the child nor loses the region.
+    let consumer = Process::spawn(drain, q.clone()).expect("consumer");
+    for i in 0..10 {
+        q.put(&i).expect("put");
+    }
+    drop(q);
+    assert_eq!(consumer.result(), Ok(10));
+    join_all(&[consumer]);
 }
 
 #[test]

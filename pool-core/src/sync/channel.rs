@@ -7,7 +7,9 @@
 //! ```text
 //! 16 ring size (bytes, a power of two)   20 lanes (1 or 2)   24 capacity (items, 0: none)
 //! 32 lane 0, 64 lane 1: seq u32, sleepers u32, put u64, get u64, done u32
+//! 28 last hold token u32
 //! 96 holder slots: pid u32, end u32, count u32, unused u32
+//! 2144 in-flight holds: token u32, sender pid u32, end u32, unused u32
 //! 4096 ring of lane 0, then ring of lane 1
 //! ```
 //!
@@ -30,13 +32,17 @@ use crate::sys::shm::{Held, Mapping, futex_wake, process_alive};
 const RING_SIZE: usize = FIELDS;
 const LANES: usize = FIELDS + 4;
 const CAPACITY: usize = FIELDS + 8;
+const LAST_TOKEN: usize = FIELDS + 12;
 const LANE0: usize = 32;
 const LANE_BYTES: usize = 32;
 const SLOTS_AT: usize = 96;
 const SLOT_BYTES: usize = 16;
 /// Processes (per end) that can hold handles at once; slots of dead processes are
 /// reused.
-pub(crate) const MAX_HOLDERS: usize = 250;
+pub(crate) const MAX_HOLDERS: usize = 128;
+const HOLDS_AT: usize = SLOTS_AT + MAX_HOLDERS * SLOT_BYTES;
+/// Handles in flight at once; beyond that a sent handle is simply not held.
+const MAX_HOLDS: usize = 64;
 const RINGS_AT: usize = 4096;
 const LEN_PREFIX: usize = 4;
 /// How often a blocked waiter looks whether its peers are still alive.
@@ -129,9 +135,13 @@ impl Channel {
         )
     }
 
-    /// Counts one more handle of `end` in this process.
-    pub fn register(&self, end: u32) -> Result<(), SyncError> {
+    /// Counts one more handle of `end` in this process; with a `hold` token, that
+    /// handle is the copy the hold stood for, and the hold ends.
+    pub fn register(&self, end: u32, hold: u32) -> Result<(), SyncError> {
         let _held = self.map.lock();
+        if hold != 0 {
+            self.release_hold(hold);
+        }
         let me = std::process::id();
         let mut free = None;
         for i in 0..MAX_HOLDERS {
@@ -182,28 +192,75 @@ impl Channel {
         (self.map.len() - RINGS_AT) as u32 / self.ring
     }
 
-    /// Whether some handle other than the caller's could still act on the channel.
+    fn hold_slot(&self, i: usize) -> (&AtomicU32, &AtomicU32, &AtomicU32) {
+        let at = HOLDS_AT + i * SLOT_BYTES;
+        (
+            self.map.u32_at(at),
+            self.map.u32_at(at + 4),
+            self.map.u32_at(at + 8),
+        )
+    }
+
+    /// Records a handle of `end` in flight from this process; its token, or 0 when
+    /// the table is full (then the copy is not held).
+    fn add_hold(&self, end: u32) -> u32 {
+        let _held = self.map.lock();
+        let free = (0..MAX_HOLDS).find(|&i| {
+            let (token, pid, _) = self.hold_slot(i);
+            token.load(Ordering::SeqCst) == 0 || !process_alive(pid.load(Ordering::SeqCst))
+        });
+        let Some(i) = free else {
+            return 0;
+        };
+        let last = self.map.u32_at(LAST_TOKEN);
+        let mut next = last.load(Ordering::SeqCst).wrapping_add(1);
+        if next == 0 {
+            next = 1;
+        }
+        last.store(next, Ordering::SeqCst);
+        let (token, pid, e) = self.hold_slot(i);
+        pid.store(std::process::id(), Ordering::SeqCst);
+        e.store(end, Ordering::SeqCst);
+        token.store(next, Ordering::SeqCst);
+        next
+    }
+
+    /// Ends the hold `token` if it is still there; with the lock held.
+    fn release_hold(&self, token: u32) {
+        for i in 0..MAX_HOLDS {
+            let (t, _, _) = self.hold_slot(i);
+            if t.load(Ordering::SeqCst) == token {
+                t.store(0, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Whether some handle other than the caller's could still act on the channel: a
+    /// live process's handle of the end, or a copy in flight from a live process.
     fn peer_alive(&self, _held: &Held<'_>, peer: Peer) -> bool {
         let me = std::process::id();
         let (end, mine_excluded) = match peer {
             Peer::AnyOther => (0, 1),
             Peer::End(end) => (end, 0),
         };
+        let alive = |pid: u32| pid == me || process_alive(pid);
         let mut live = 0u64;
         for i in 0..MAX_HOLDERS {
             let (pid, e, count) = self.slot(i);
-            let (p, c) = (pid.load(Ordering::SeqCst), count.load(Ordering::SeqCst));
-            if c == 0 || e.load(Ordering::SeqCst) != end {
-                continue;
-            }
-            if p == me || process_alive(p) {
+            let c = count.load(Ordering::SeqCst);
+            if c > 0 && e.load(Ordering::SeqCst) == end && alive(pid.load(Ordering::SeqCst)) {
                 live += u64::from(c);
-            }
-            if live > mine_excluded {
-                return true;
+                if live > mine_excluded {
+                    return true;
+                }
             }
         }
-        false
+        (0..MAX_HOLDS).any(|i| {
+            let (token, pid, e) = self.hold_slot(i);
+            token.load(Ordering::SeqCst) != 0
+                && e.load(Ordering::SeqCst) == end
+                && alive(pid.load(Ordering::SeqCst))
+        })
     }
 
     fn notify(&self, lane: u32) {
@@ -296,6 +353,7 @@ impl Channel {
             });
         }
         let capacity = self.map.u32_at(CAPACITY).load(Ordering::SeqCst);
+        let waits = waits(deadline, peer);
         loop {
             let held = self.lock_until(deadline)?;
             // A pipe end does not send into the void: Python raises BrokenPipeError.
@@ -316,7 +374,7 @@ impl Channel {
                 self.notify(lane);
                 return Ok(());
             }
-            if !self.peer_alive(&held, peer) {
+            if waits && !self.peer_alive(&held, peer) {
                 return Err(SyncError::Disconnected);
             }
             let seq = self.seq(lane).load(Ordering::SeqCst);
@@ -332,6 +390,7 @@ impl Channel {
         deadline: Option<Instant>,
         peer: Peer,
     ) -> Result<Vec<u8>, SyncError> {
+        let waits = waits(deadline, peer);
         loop {
             let held = self.lock_until(deadline)?;
             let (tail, puts, head, gets) = self.state(lane)?;
@@ -360,7 +419,7 @@ impl Channel {
                 self.notify(lane);
                 return Ok(message);
             }
-            if !self.peer_alive(&held, peer) {
+            if waits && !self.peer_alive(&held, peer) {
                 return Err(SyncError::Disconnected);
             }
             let seq = self.seq(lane).load(Ordering::SeqCst);
@@ -410,22 +469,37 @@ impl Channel {
     }
 }
 
+/// Whether an operation checks for a gone peer before it waits: always on a pipe
+/// (its peer is another party), and on a queue unless it would not wait at all (a
+/// queue's own handle can still take or add: `try_*` says `Empty` or `Full`).
+fn waits(deadline: Option<Instant>, peer: Peer) -> bool {
+    matches!(peer, Peer::End(_)) || deadline.is_none_or(|d| d > Instant::now())
+}
+
 thread_local! {
-    /// Handles serialized while [`collect_holds`] runs on this thread.
+    /// Holds taken for handles serialized while [`collect_holds`] runs on this thread.
     static HOLDS: RefCell<Option<Vec<Hold>>> = const { RefCell::new(None) };
 }
 
-/// A handle counted on behalf of a copy in flight to another process (a task's or a
-/// `Process`'s argument), so that the far side is not seen as gone before the receiver
-/// has opened its copy. Dropped when the task resolves or the process is reaped.
+/// A handle in flight to another process (in a task's or a `Process`'s argument),
+/// counted as live from the moment it is sent until the receiver opens its copy
+/// (which ends the hold) or, if it never does, until the task resolves or the process
+/// is reaped (when this guard drops). Without it, the far side would look gone while
+/// the copy travels, and a receiver that dies before opening it would look alive.
 pub(crate) struct Hold {
     channel: Channel,
-    end: u32,
+    token: u32,
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        self.channel.deregister(self.end);
+        {
+            let _held = self.channel.map.lock();
+            self.channel.release_hold(self.token);
+        }
+        for lane in 0..self.channel.lanes() {
+            self.channel.notify(lane);
+        }
     }
 }
 
@@ -438,34 +512,103 @@ pub(crate) fn collect_holds<R>(f: impl FnOnce() -> R) -> (R, Vec<Hold>) {
     (r, holds)
 }
 
-/// Called when a channel handle is serialized: counts the copy in flight if a
-/// [`collect_holds`] is running.
-fn hold_in_flight(map: &Arc<Mapping>, ring: u32, end: u32) {
-    HOLDS.with(|h| {
-        if let Some(holds) = h.borrow_mut().as_mut() {
-            let channel = Channel {
-                map: map.clone(),
-                ring,
-            };
-            if channel.register(end).is_ok() {
-                holds.push(Hold { channel, end });
-            }
-        }
-    });
-}
-
 impl Channel {
-    /// This handle of `end` as it travels, held in flight if a [`collect_holds`] runs.
+    /// This handle of `end` as it travels: held in flight if a [`collect_holds`] runs.
     pub fn wire(&self, end: u32) -> region::Wire {
-        hold_in_flight(&self.map, self.ring, end);
-        region::Wire::of(&self.map)
+        let token = HOLDS.with(|h| {
+            let mut holds = h.borrow_mut();
+            let holds = holds.as_mut()?;
+            let token = self.add_hold(end);
+            (token != 0).then(|| {
+                holds.push(Hold {
+                    channel: self.share(),
+                    token,
+                });
+                token
+            })
+        });
+        region::Wire::of(&self.map, token.unwrap_or(0))
     }
 
-    /// Another view of the same channel (the caller registers it).
+    /// Another view of the same channel (the caller registers it if it is a handle).
     pub fn share(&self) -> Channel {
         Channel {
             map: self.map.clone(),
             ring: self.ring,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(ring: usize, capacity: u32) -> Channel {
+        let c = Channel::create(Kind::Queue, 0, 1, ring, capacity).expect("region");
+        c.register(0, 0).expect("register");
+        c.register(0, 0)
+            .expect("a second handle, so waits are not disconnected");
+        c
+    }
+
+    #[test]
+    fn messages_wrap_around_the_ring_intact() {
+        let c = channel(256, 0);
+        let now = || Some(Instant::now());
+        for round in 0..500usize {
+            let message: Vec<u8> = (0..round % 97).map(|i| (i + round) as u8).collect();
+            c.send(0, &message, now(), Peer::AnyOther).expect("room");
+            if round % 3 == 0 {
+                c.send(0, b"x", now(), Peer::AnyOther).expect("room");
+                assert_eq!(c.recv(0, now(), Peer::AnyOther).expect("one"), message);
+                assert_eq!(c.recv(0, now(), Peer::AnyOther).expect("one"), b"x");
+            } else {
+                assert_eq!(c.recv(0, now(), Peer::AnyOther).expect("one"), message);
+            }
+        }
+        assert_eq!(c.len(0), 0);
+    }
+
+    #[test]
+    fn a_full_ring_or_capacity_times_out_and_a_huge_message_is_refused() {
+        let c = channel(64, 2);
+        let soon = || Some(Instant::now() + Duration::from_millis(5));
+        c.send(0, b"a", soon(), Peer::AnyOther).expect("room");
+        c.send(0, b"b", soon(), Peer::AnyOther).expect("room");
+        assert_eq!(
+            c.send(0, b"c", soon(), Peer::AnyOther),
+            Err(SyncError::Timeout)
+        );
+        assert_eq!(
+            c.send(0, &[0; 61], soon(), Peer::AnyOther),
+            Err(SyncError::TooLarge { size: 61, max: 60 })
+        );
+        let d = channel(64, 0);
+        d.send(0, &[1; 40], soon(), Peer::AnyOther).expect("room");
+        assert_eq!(
+            d.send(0, &[2; 40], soon(), Peer::AnyOther),
+            Err(SyncError::Timeout)
+        );
+    }
+
+    #[test]
+    fn a_corrupt_header_is_an_error_not_a_wild_read() {
+        let c = channel(64, 0);
+        // A message claiming more bytes than the ring holds.
+        c.send(0, b"abc", None, Peer::AnyOther).expect("room");
+        let (base, off) = c.ring_at(0, 0);
+        let held = c.map.lock();
+        c.map.write(&held, base + off, &1000u32.to_le_bytes());
+        drop(held);
+        assert!(matches!(
+            c.recv(0, None, Peer::AnyOther),
+            Err(SyncError::Corrupt(_))
+        ));
+        // Positions further apart than the ring.
+        c.put_word(0).store(1 << 20, Ordering::SeqCst);
+        assert!(matches!(
+            c.recv(0, None, Peer::AnyOther),
+            Err(SyncError::Corrupt(_))
+        ));
     }
 }

@@ -1,5 +1,6 @@
 //! [`Pipe`]: a duplex connection between two processes.
 
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ use super::region::{self, Kind};
 /// ```
 pub struct Pipe<T> {
     channel: Channel,
+    /// An end is one party: `Send`, not `Sync`.
+    _not_sync: PhantomData<Cell<()>>,
     /// 0 or 1: this end sends on lane `end` and receives on the other.
     end: u32,
     _t: PhantomData<fn(T) -> T>,
@@ -48,7 +51,7 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
     pub fn with_buffer(bytes: usize) -> Result<(Pipe<T>, Pipe<T>), SyncError> {
         let channel = Channel::create(Kind::Pipe, region::type_tag::<T>(), 2, bytes, 0)?;
         let other = channel.share();
-        Ok((Pipe::end(channel, 0)?, Pipe::end(other, 1)?))
+        Ok((Pipe::end(channel, 0, 0)?, Pipe::end(other, 1, 0)?))
     }
 
     /// Sends `message` to the other end, waiting while its buffer is full.
@@ -85,10 +88,11 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
 }
 
 impl<T> Pipe<T> {
-    fn end(channel: Channel, end: u32) -> Result<Pipe<T>, SyncError> {
-        channel.register(end)?;
+    fn end(channel: Channel, end: u32, hold: u32) -> Result<Pipe<T>, SyncError> {
+        channel.register(end, hold)?;
         Ok(Pipe {
             channel,
+            _not_sync: PhantomData,
             end,
             _t: PhantomData,
         })
@@ -130,6 +134,6 @@ impl<'de, T> Deserialize<'de> for Pipe<T> {
         let map =
             region::open(&wire, Kind::Pipe, region::type_tag::<T>()).map_err(D::Error::custom)?;
         let channel = Channel::open(map, 2).map_err(D::Error::custom)?;
-        Pipe::end(channel, end).map_err(D::Error::custom)
+        Pipe::end(channel, end, wire.hold).map_err(D::Error::custom)
     }
 }

@@ -1,6 +1,7 @@
 //! [`Queue`] and [`JoinableQueue`]: many-producer, many-consumer queues between
 //! processes.
 
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,10 @@ pub const DEFAULT_BUFFER_BYTES: usize = 4 << 20;
 ///   process is reaped.
 ///
 /// A `Queue` is a handle: clones, and copies sent to other processes as job
-/// arguments, refer to the same queue.
+/// arguments, refer to the same queue. Each handle is one party to it, so it is `Send`
+/// but not `Sync`: to use a queue from several threads, give each thread a clone.
+/// `try_put` and `try_get` report `Full` and `Empty` (they never wait, so never hang).
+
 ///
 /// ```
 /// let q = procpool::Queue::<String>::bounded(2)?;
@@ -43,6 +47,8 @@ pub const DEFAULT_BUFFER_BYTES: usize = 4 << 20;
 pub struct Queue<T> {
     channel: Channel,
     _t: PhantomData<fn(T) -> T>,
+    /// A handle is one party: threads share a queue by each holding a clone.
+    _not_sync: PhantomData<Cell<()>>,
 }
 
 /// Settings of a new [`Queue`] or [`JoinableQueue`].
@@ -85,11 +91,7 @@ impl QueueBuilder {
             self.buffer_bytes,
             self.capacity,
         )?;
-        channel.register(0)?;
-        Ok(Queue {
-            channel,
-            _t: PhantomData,
-        })
+        Queue::from_channel(channel, 0)
     }
 
     /// The queue, joinable.
@@ -181,11 +183,12 @@ impl<T> Queue<T> {
         self.len() == 0
     }
 
-    fn from_channel(channel: Channel) -> Result<Queue<T>, SyncError> {
-        channel.register(0)?;
+    fn from_channel(channel: Channel, hold: u32) -> Result<Queue<T>, SyncError> {
+        channel.register(0, hold)?;
         Ok(Queue {
             channel,
             _t: PhantomData,
+            _not_sync: PhantomData,
         })
     }
 }
@@ -196,7 +199,7 @@ impl<T> Clone for Queue<T> {
     /// # Panics
     /// If more than 250 processes already hold handles to the queue.
     fn clone(&self) -> Self {
-        match Queue::from_channel(self.channel.share()) {
+        match Queue::from_channel(self.channel.share(), 0) {
             Ok(q) => q,
             Err(e) => panic!("cannot clone a queue handle: {e}"),
         }
@@ -223,9 +226,12 @@ impl<T> Serialize for Queue<T> {
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let map = region::deserialize(d, Kind::Queue, region::type_tag::<T>())?;
-        let channel = Channel::open(map, 1).map_err(serde::de::Error::custom)?;
-        Queue::from_channel(channel).map_err(serde::de::Error::custom)
+        use serde::de::Error;
+        let wire = region::Wire::deserialize(d)?;
+        let map =
+            region::open(&wire, Kind::Queue, region::type_tag::<T>()).map_err(D::Error::custom)?;
+        let channel = Channel::open(map, 1).map_err(D::Error::custom)?;
+        Queue::from_channel(channel, wire.hold).map_err(D::Error::custom)
     }
 }
 

@@ -72,22 +72,26 @@ pub(crate) struct Wire {
     pid: u32,
     fd: i32,
     len: u64,
+    /// The token of the hold that counts this copy while in flight (queues and pipes);
+    /// 0 for none.
+    pub hold: u32,
 }
 
 impl Wire {
-    /// This process's handle to `map`.
-    pub fn of(map: &Mapping) -> Wire {
+    /// This process's handle to `map`, held in flight under `hold` (0: not held).
+    pub fn of(map: &Mapping, hold: u32) -> Wire {
         Wire {
             pid: std::process::id(),
             fd: map.raw_fd(),
             len: map.len() as u64,
+            hold,
         }
     }
 }
 
 /// Serializes a handle to `map`.
 pub(crate) fn serialize<S: Serializer>(map: &Mapping, s: S) -> Result<S::Ok, S::Error> {
-    Wire::of(map).serialize(s)
+    Wire::of(map, 0).serialize(s)
 }
 
 /// Opens the region a serialized handle names, checking its kind and element type.

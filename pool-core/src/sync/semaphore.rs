@@ -81,7 +81,7 @@ impl Semaphore {
     /// Takes a permit if one is free now.
     pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
         self.take(Some(Instant::now()))
-            .then_some(SemaphoreGuard { semaphore: self })
+            .then(|| SemaphoreGuard { semaphore: self })
     }
 
     /// Takes a permit, waiting until `deadline` at most; whether it got one.
