@@ -33,7 +33,7 @@ pub const DEFAULT_BUFFER_BYTES: usize = 4 << 20;
 /// arguments, refer to the same queue. Each handle is one party to it, so it is `Send`
 /// but not `Sync`: to use a queue from several threads, give each thread a clone.
 /// `try_put` and `try_get` report `Full` and `Empty` (they never wait, so never hang).
-
+///
 ///
 /// ```
 /// let q = procpool::Queue::<String>::bounded(2)?;
