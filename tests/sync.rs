@@ -120,9 +120,12 @@ fn panic_holding(lock: Lock) {
 }
 
 /// The seeds' shared counter: `n` increments under the lock, each a separate read and
-/// write (which without the lock would lose updates).
+/// write (which without the lock would lose updates). Starts when `go` is set, after
+/// signalling `ready`, so that the processes really overlap.
 #[job]
-fn count_with_lock(counter: Value<u64>, lock: Lock, n: u64) {
+fn count_with_lock(counter: Value<u64>, lock: Lock, ready: Semaphore, go: Event, n: u64) {
+    let _ = ready.release();
+    go.wait();
     for _ in 0..n {
         let _guard = lock.lock();
         counter.set(counter.get() + 1);
@@ -380,12 +383,26 @@ fn a_panic_under_the_lock_releases_it() {
 fn four_processes_count_to_forty_thousand_exactly() {
     let counter = Value::new(0u64).expect("value");
     let lock = Lock::new().expect("lock");
+    let (ready, go) = (
+        Semaphore::new(0).expect("sem"),
+        Event::new().expect("event"),
+    );
     let workers: Vec<_> = (0..4)
         .map(|_| {
-            Process::spawn(count_with_lock, (counter.clone(), lock.clone(), 10_000))
-                .expect("worker")
+            let args = (
+                counter.clone(),
+                lock.clone(),
+                ready.clone(),
+                go.clone(),
+                10_000,
+            );
+            Process::spawn(count_with_lock, args).expect("worker")
         })
         .collect();
+    for _ in &workers {
+        ready.acquire_timeout(PATIENCE).expect("all ready").forget();
+    }
+    go.set();
     join_all(&workers);
     assert_eq!(counter.get(), 40_000);
 

@@ -1,0 +1,60 @@
+//! The seed programs of the primitives issue, run as the real programs they are: each
+//! example starts its own processes (the `init()` path) and prints what it proved.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+procpool::test_harness!();
+
+fn run_example(name: &str) -> String {
+    let out = Command::new(workspace_binary(name, true))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("example runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn producer_consumer_moves_every_word() {
+    let out = run_example("producer_consumer");
+    assert!(
+        out.contains("produced 14 words, consumed 14, 57 letters in all"),
+        "{out}"
+    );
+}
+
+#[test]
+fn washer_and_dryers_handle_every_dish() {
+    let out = run_example("washer_dryer");
+    assert!(out.contains("washer washed 6 dishes"), "{out}");
+    assert_eq!(out.matches("Putting away").count(), 6, "{out}");
+    assert!(out.contains("Putting away saucer (dried by"), "{out}");
+}
+
+#[test]
+fn the_shared_counter_reaches_forty_thousand_with_the_lock() {
+    let out = run_example("counter");
+    assert!(out.contains("with a lock:    40000"), "{out}");
+    assert!(out.contains("atomic fetch_add:          40000"), "{out}");
+}
+
+#[test]
+fn a_terminated_process_reports_minus_fifteen() {
+    let out = run_example("terminate");
+    assert!(
+        out.contains("join_timeout(500ms) -> None, is_alive = true"),
+        "{out}"
+    );
+    assert!(out.contains("after terminate: exitcode -15"), "{out}");
+    assert!(out.contains("return: exitcode 0, result Ok(42)"), "{out}");
+    assert!(out.contains("exit: exitcode 3"), "{out}");
+}
