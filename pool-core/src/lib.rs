@@ -14,13 +14,18 @@
 //!
 //! - [`StartMethod`]: `Spawn` (exec), `Fork` (fork the supervisor) or `ForkServer`.
 //! - [`TaskOptions`]: per-task time limit and retries.
+//! - [`Process`]: one job in a process of its own (`multiprocessing.Process`).
+//! - [`Queue`], [`JoinableQueue`], [`Pipe`], [`Event`], [`Lock`], [`Semaphore`],
+//!   [`Value`], [`Array`] (`sync`): primitives in shared memory that processes receive
+//!   as job arguments; [`SyncError`] says why an operation on one did not complete.
 //!
 //! Inside, one supervisor thread per pool runs an event loop over the workers'
 //! streams (`supervisor`), with a small non-blocking framing layer (`conn`), process
 //! launching (`launch`), the fork server's client (`zygote`), captured stderr
 //! (`stderr`), and this crate's only `unsafe` code in `sys`: what a spawned worker does
 //! between fork and exec (the fork-child setup shared with `Fork` and the fork server
-//! lives in `pool_worker::os`). The promise it keeps: every submitted task resolves
+//! lives in `pool_worker::os`), and `sys::shm`, the shared memory, futexes and robust
+//! lock under the `sync` primitives. The promise it keeps: every submitted task resolves
 //! exactly once, with its value or a typed error; a dead worker fails only the task it
 //! was running; no worker outlives the pool or its process.
 
