@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::Write;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -58,6 +58,27 @@ fn role_hostile_worker() {
             stream.write_all(&protocol::frame(&reply).unwrap())
         }
         "huge" => stream.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]),
+        "shared_without_fd" | "shared_unsealed" => {
+            let body = _request.expect("a request");
+            let task = match protocol::decode::<protocol::Request>(&body).expect("a request") {
+                protocol::Request::RunBatch { task, .. } => task,
+                other => panic!("expected a batch, got {other:?}"),
+            };
+            let frame = protocol::frame(&Reply::DoneBatchShared { task, len: 8 }).expect("encodes");
+            if mode == "shared_without_fd" {
+                stream.write_all(&frame)
+            } else {
+                // A memfd that is not sealed: its bytes could change while mapped.
+                let memfd = nix::sys::memfd::memfd_create(
+                    "procpool-hostile",
+                    nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+                )
+                .expect("a memfd");
+                let file = std::fs::File::from(memfd);
+                file.set_len(8).expect("size");
+                pool_worker::payload::send_with_fd(&stream, &frame, file.as_raw_fd())
+            }
+        }
         other => panic!("unknown mode {other}"),
     }
     .unwrap();
@@ -88,6 +109,8 @@ fn a_worker_that_breaks_the_protocol_fails_its_task_and_is_replaced() {
         ("truncated", "stream ended inside a message"),
         ("stranger", "reply to task 987654321"),
         ("huge", "larger than the limit"),
+        ("shared_without_fd", "no descriptor came with the reply"),
+        ("shared_unsealed", "not sealed against writes"),
     ] {
         let pool = hostile_pool(mode);
         let hostile = pool.worker_pids();

@@ -13,6 +13,46 @@ use procpool::{JobError, Pool};
 
 procpool::test_harness!();
 
+/// Descriptors of this process that are procpool payload memfds.
+fn payload_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("fd table")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("procpool-payload"))
+        .count()
+}
+
+#[test]
+fn large_arguments_and_results_cross_through_shared_memory_intact() {
+    let pool = pool(2);
+    let pattern =
+        |n: usize, seed: u8| -> Vec<u8> { (0..n).map(|i| (i % 251) as u8 ^ seed).collect() };
+    // Small, just over the shared threshold, and large, in one map.
+    let inputs = vec![
+        pattern(10, 1),
+        pattern(pool_worker::payload::SHARED_ABOVE + 1, 2),
+        pattern(20 << 20, 3),
+        pattern(1000, 4),
+    ];
+    let results = pool.map_chunked(reverse, inputs.clone(), 1).expect("map");
+    for (input, output) in inputs.iter().zip(&results) {
+        let mut expected = input.clone();
+        expected.reverse();
+        assert!(
+            output == &expected,
+            "a payload of {} bytes came back intact",
+            input.len()
+        );
+    }
+    // Many large arguments in one chunk: the batch is shared as a whole.
+    let lens = pool
+        .map_chunked(byte_len, vec![vec![5u8; 300_000]; 6], 6)
+        .expect("map");
+    assert_eq!(lens, vec![300_000; 6]);
+    close_and_check(pool);
+    assert_eq!(payload_fds(), 0, "no shared payload is left open");
+}
+
 #[test]
 fn map_returns_results_in_input_order() {
     let pool = pool(3);

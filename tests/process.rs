@@ -170,3 +170,13 @@ fn fork_server_is_refused_with_a_config_error() {
         .spawn(square, 5);
     assert!(matches!(r, Err(procpool::Error::Config(_))));
 }
+
+#[test]
+fn a_large_argument_and_result_cross_through_shared_memory() {
+    let input: Vec<u8> = (0..5usize << 20).map(|i| (i % 253) as u8).collect();
+    let p = Process::spawn(reverse, input.clone()).expect("process starts");
+    let mut expected = input;
+    expected.reverse();
+    assert!(p.result().expect("a value") == expected);
+    assert_eq!(p.exitcode(), Some(0));
+}

@@ -6,18 +6,24 @@
 //! stall the other workers.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use mio::net::UnixStream;
+use pool_worker::payload;
 use pool_worker::protocol::ProtocolError;
 
 const READ_CHUNK: usize = 64 * 1024;
 /// Most bytes one [`Conn::fill`] reads.
 const READ_BUDGET: usize = 4 * 1024 * 1024;
+/// Descriptors received ahead of the frames that take them, at most.
+const MAX_PENDING_FDS: usize = 16;
 
 pub(crate) struct Conn {
     pub stream: UnixStream,
+    /// Descriptors received with the stream's bytes (shared results), oldest first.
+    fds: VecDeque<OwnedFd>,
     inbox: Vec<u8>,
     /// Start of the first unread byte in `inbox`.
     consumed: usize,
@@ -42,6 +48,7 @@ impl Conn {
     pub fn new(stream: UnixStream, max_frame: usize) -> Conn {
         Conn {
             stream,
+            fds: VecDeque::new(),
             inbox: Vec::new(),
             consumed: 0,
             outbox: VecDeque::new(),
@@ -65,7 +72,20 @@ impl Conn {
                 return Ok(ReadEnd::More);
             }
             self.inbox.resize(len + READ_CHUNK, 0);
-            match self.stream.read(&mut self.inbox[len..]) {
+            let mut received = Vec::new();
+            let read = payload::recv_with_fds(
+                self.stream.as_raw_fd(),
+                &mut self.inbox[len..],
+                &mut received,
+            );
+            self.fds.extend(received);
+            if self.fds.len() > MAX_PENDING_FDS {
+                self.inbox.truncate(len);
+                return Err(io::Error::other(
+                    "the worker sent descriptors without replies",
+                ));
+            }
+            match read {
                 Ok(0) => {
                     self.inbox.truncate(len);
                     return Ok(ReadEnd::Closed);
@@ -108,6 +128,11 @@ impl Conn {
         let body = pending[4..4 + len].to_vec();
         self.consumed += 4 + len;
         Ok(Some(body))
+    }
+
+    /// The oldest descriptor received and not taken yet.
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fds.pop_front()
     }
 
     /// Bytes received that do not make a complete frame yet.

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -10,8 +11,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
+use pool_worker::payload;
 pub use pool_worker::protocol::JobInfo;
-use pool_worker::protocol::{self, DEFAULT_MAX_FRAME, Request};
+use pool_worker::protocol::{self, DEFAULT_MAX_FRAME, Request, SharedRegion};
 use pool_worker::{Codec, Job};
 use serde_bytes::ByteBuf;
 
@@ -658,6 +660,55 @@ fn encode_owned(arguments: Vec<Vec<u8>>) -> Result<Arguments, JobError> {
     ))
 }
 
+fn too_large(size: usize, max: usize) -> JobError {
+    JobError::Codec {
+        message: format!("task of {size} bytes is larger than max_message_size ({max} bytes)"),
+    }
+}
+
+/// The request that runs `count` arguments encoded as one batch: inline, or, above
+/// [`payload::SHARED_ABOVE`] bytes, in a sealed memfd whose descriptor the caller keeps
+/// open until the task resolves (the worker opens it through `/proc`).
+pub(crate) fn batch_request(
+    task: u64,
+    job: u32,
+    count: usize,
+    bytes: Vec<u8>,
+) -> Result<(Request, Option<OwnedFd>), JobError> {
+    let count = u32::try_from(count).map_err(|_| JobError::Codec {
+        message: format!("{count} arguments in one task is too many"),
+    })?;
+    if bytes.len() <= payload::SHARED_ABOVE {
+        let batch = bytes.into();
+        return Ok((
+            Request::RunBatch {
+                task,
+                job,
+                count,
+                batch,
+            },
+            None,
+        ));
+    }
+    let fd = payload::sealed(&bytes).map_err(|e| JobError::Codec {
+        message: format!("cannot put the arguments in shared memory: {e}"),
+    })?;
+    let region = SharedRegion {
+        pid: std::process::id(),
+        fd: fd.as_raw_fd(),
+        len: bytes.len() as u64,
+    };
+    Ok((
+        Request::RunBatchShared {
+            task,
+            job,
+            count,
+            region,
+        },
+        Some(fd),
+    ))
+}
+
 /// Python's default chunk size for `map`: `len / (4 * processes)`, rounded up.
 pub fn default_chunksize(len: usize, processes: usize) -> usize {
     len.div_ceil(4 * processes.max(1)).max(1)
@@ -946,7 +997,7 @@ impl Pool {
         part: usize,
     ) -> Result<Task, JobError> {
         let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
-        let (count, request, holds) = match arguments {
+        let (count, request, holds, shared) = match arguments {
             Arguments::Each(arguments) => (
                 arguments.len(),
                 Request::Run {
@@ -956,35 +1007,25 @@ impl Pool {
                     arguments,
                 },
                 Vec::new(),
+                None,
             ),
             Arguments::Batch {
                 count,
                 bytes,
                 holds,
-            } => (
-                count,
-                Request::RunBatch {
-                    task: id,
-                    job: spec.index,
-                    count: u32::try_from(count).map_err(|_| JobError::Codec {
-                        message: format!("{count} arguments in one task is too many"),
-                    })?,
-                    batch: bytes.into(),
-                },
-                holds,
-            ),
+            } => {
+                if bytes.len() > self.max_message_size {
+                    return Err(too_large(bytes.len(), self.max_message_size));
+                }
+                let (request, shared) = batch_request(id, spec.index, count, bytes)?;
+                (count, request, holds, shared)
+            }
         };
         let frame = protocol::frame(&request).map_err(|e| JobError::Codec {
             message: e.to_string(),
         })?;
         if frame.len() - 4 > self.max_message_size {
-            return Err(JobError::Codec {
-                message: format!(
-                    "task of {} bytes is larger than max_message_size ({} bytes)",
-                    frame.len() - 4,
-                    self.max_message_size
-                ),
-            });
+            return Err(too_large(frame.len() - 4, self.max_message_size));
         }
         Ok(Task {
             id,
@@ -996,6 +1037,7 @@ impl Pool {
             options: spec.options,
             lost_runs: 0,
             _holds: holds,
+            _shared: shared,
         })
     }
 

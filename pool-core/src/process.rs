@@ -10,6 +10,7 @@
 //! reap the child: no zombie either way.
 
 use std::ffi::OsString;
+use std::io;
 use std::marker::PhantomData;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -20,13 +21,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use pool_worker::Job;
+use pool_worker::payload;
 use pool_worker::protocol::{self, DEFAULT_MAX_FRAME, ProtocolError, Reply, Request};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, JobError, LostCause};
 use crate::launch::{self, LaunchSpec, StartMethod};
-use crate::pool::{JobTable, launch_spec};
-use crate::result::{Delivery, decode_delivery};
+use crate::pool::{JobTable, batch_request, launch_spec};
+use crate::result::{Delivery, Payload, decode_delivery};
 use crate::supervisor::raw_outcome;
 use crate::sync::{Hold, collect_holds};
 use crate::sys;
@@ -379,7 +381,7 @@ struct Keeper {
 }
 
 impl Keeper {
-    fn run(self, started: crossbeam_channel::Sender<std::io::Result<u32>>) {
+    fn run(mut self, started: crossbeam_channel::Sender<std::io::Result<u32>>) {
         let launched = match launch::launch(&self.launch) {
             Ok(l) => l,
             Err(e) => {
@@ -390,7 +392,8 @@ impl Keeper {
         let pid = launched.pid;
         tracing::Span::current().record("pid", pid);
         let _ = started.send(Ok(pid));
-        let reply = self.converse(launched.stream, pid);
+        let batch = std::mem::take(&mut self.batch);
+        let reply = self.converse(launched.stream, pid, batch);
         if let Some(reply) = reply {
             self.inner.state().reply = Some(reply);
         }
@@ -416,7 +419,12 @@ impl Keeper {
 
     /// Hello, the job, and the exit request. `None` when the process went away without
     /// answering (its exitcode tells why).
-    fn converse(&self, stream: UnixStream, pid: u32) -> Option<Result<Delivery, JobError>> {
+    fn converse(
+        &self,
+        stream: UnixStream,
+        pid: u32,
+        batch: Vec<u8>,
+    ) -> Option<Result<Delivery, JobError>> {
         let mut reader = stream;
         let mut writer = match reader.try_clone() {
             Ok(w) => w,
@@ -460,21 +468,49 @@ impl Keeper {
                 return Some(Err(e));
             }
         };
-        let request = Request::RunBatch {
-            task: 1,
-            job,
-            count: 1,
-            batch: self.batch.clone().into(),
+        // The shared region, if any, stays open until this function returns, by when
+        // the worker has replied (so has read it) or is gone.
+        let (request, _shared) = match batch_request(1, job, 1, batch) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = send(&mut writer, &Request::Exit { code: 1 });
+                return Some(Err(e));
+            }
         };
         if send(&mut writer, &request).is_err() {
             return None;
         }
-        let delivery = match protocol::read_frame(&mut reader, DEFAULT_MAX_FRAME) {
-            Ok(Some(body)) => match protocol::decode::<Reply>(&body) {
+        let delivery = match payload::read_frame_with_fds(&reader, DEFAULT_MAX_FRAME) {
+            Ok(Some((body, fds))) => match protocol::decode::<Reply>(&body) {
                 Ok(Reply::DoneBatch { outcomes, .. }) => Delivery::Batch {
                     count: 1,
-                    bytes: outcomes.into_vec(),
+                    bytes: Payload::Owned(outcomes.into_vec()),
                 },
+                Ok(Reply::DoneBatchShared { len, .. }) => {
+                    let mapped = fds
+                        .first()
+                        .ok_or_else(|| io::Error::other("no descriptor came with it"))
+                        .and_then(payload::map)
+                        .and_then(|m| {
+                            if m.len() as u64 == len {
+                                Ok(m)
+                            } else {
+                                Err(io::Error::other(format!("{} bytes, not {len}", m.len())))
+                            }
+                        });
+                    match mapped {
+                        Ok(m) => Delivery::Batch {
+                            count: 1,
+                            bytes: Payload::Mapped(Arc::new(m)),
+                        },
+                        Err(e) => {
+                            self.abandon(pid);
+                            return Some(Err(JobError::Protocol {
+                                message: format!("shared result: {e}"),
+                            }));
+                        }
+                    }
+                }
                 Ok(Reply::Done { outcomes, .. }) => {
                     Delivery::Items(outcomes.into_iter().map(raw_outcome).collect())
                 }

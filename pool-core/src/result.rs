@@ -33,7 +33,25 @@ pub(crate) enum Delivery {
     /// One raw outcome per argument.
     Items(Vec<RawOutcome>),
     /// A bincode `Vec<ItemOutcome<T>>` of `count` outcomes (`Reply::DoneBatch`).
-    Batch { count: usize, bytes: Vec<u8> },
+    Batch { count: usize, bytes: Payload },
+}
+
+/// Encoded bytes from a worker: read from its stream, or mapped from the sealed memfd
+/// it sent (large results), decoded in place.
+#[derive(Clone)]
+pub(crate) enum Payload {
+    Owned(Vec<u8>),
+    Mapped(Arc<pool_worker::payload::SealedBytes>),
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Owned(v) => v,
+            Payload::Mapped(m) => m,
+        }
+    }
 }
 
 /// Receives the outcomes of the tasks of one submission (one `part` per task).

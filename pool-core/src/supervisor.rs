@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
+use pool_worker::payload::{self, SealedBytes};
 use pool_worker::protocol::{self, Hello, Outcome, Reply};
 
 use crate::TaskOptions;
@@ -29,7 +30,7 @@ use crate::error::{Error, JobError, LostCause, describe_exitcode};
 use crate::launch;
 use crate::launch::StartMethod;
 use crate::pool::{Accepting, Config, JobTable, Shared};
-use crate::result::{Delivery, RawOutcome, Sink};
+use crate::result::{Delivery, Payload, RawOutcome, Sink};
 use crate::stderr::StderrTap;
 use crate::sys;
 use crate::zygote::Zygote;
@@ -65,6 +66,8 @@ pub(crate) struct Task {
     /// Queues and pipes among the arguments, counted as held until the task resolves
     /// (never read: dropping the task releases them).
     pub _holds: Vec<crate::sync::Hold>,
+    /// The sealed memfd of shared arguments, open until the task resolves.
+    pub _shared: Option<std::os::fd::OwnedFd>,
 }
 
 impl Task {
@@ -643,6 +646,16 @@ impl Supervisor {
         let Some(w) = self.workers.get_mut(&token) else {
             return;
         };
+        // A shared reply's descriptor arrived with its frame: take it now, whatever
+        // becomes of the reply, so descriptors and frames stay paired.
+        let shared = match &reply {
+            Reply::DoneBatchShared { len, .. } => Some(map_shared(
+                w.conn.as_mut(),
+                *len,
+                self.config.max_message_size,
+            )),
+            _ => None,
+        };
         match (reply, w.inflight.front()) {
             (Reply::InitDone, Some(Inflight::Init)) => {
                 w.inflight.pop_front();
@@ -655,9 +668,12 @@ impl Supervisor {
                 // The worker exits after saying so.
                 return self.close_conn(token, EXIT_GRACE);
             }
-            (reply @ (Reply::Done { .. } | Reply::DoneBatch { .. }), Some(head))
-                if answers(&reply, head) =>
-            {
+            (
+                reply @ (Reply::Done { .. }
+                | Reply::DoneBatch { .. }
+                | Reply::DoneBatchShared { .. }),
+                Some(head),
+            ) if answers(&reply, head) => {
                 let entry = w.inflight.pop_front();
                 let now = Instant::now();
                 let ran = now.saturating_duration_since(w.head_started);
@@ -675,7 +691,21 @@ impl Supervisor {
                     let delivery = match reply {
                         Reply::DoneBatch { outcomes, .. } => Delivery::Batch {
                             count: t.arguments,
-                            bytes: outcomes.into_vec(),
+                            bytes: Payload::Owned(outcomes.into_vec()),
+                        },
+                        Reply::DoneBatchShared { .. } => match shared {
+                            Some(Ok(mapped)) => Delivery::Batch {
+                                count: t.arguments,
+                                bytes: Payload::Mapped(Arc::new(mapped)),
+                            },
+                            Some(Err(e)) => {
+                                let message = format!("shared results: {e}");
+                                t.fail(JobError::Protocol {
+                                    message: message.clone(),
+                                });
+                                return self.kill(token, JobError::Protocol { message });
+                            }
+                            None => unreachable!("mapped above for a shared reply"),
                         },
                         Reply::Done { outcomes, .. } => {
                             Delivery::Items(outcomes.into_iter().map(raw_outcome).collect())
@@ -699,7 +729,9 @@ impl Supervisor {
                     Reply::Done { task, outcomes } => {
                         format!("a reply to task {task} ({} outcomes)", outcomes.len())
                     }
-                    Reply::DoneBatch { task, .. } => format!("a batch reply to task {task}"),
+                    Reply::DoneBatch { task, .. } | Reply::DoneBatchShared { task, .. } => {
+                        format!("a batch reply to task {task}")
+                    }
                 };
                 return self.kill(
                     token,
@@ -1119,9 +1151,26 @@ fn answers(reply: &Reply, head: &Inflight) -> bool {
     };
     match reply {
         Reply::Done { task, outcomes } => *task == id && outcomes.len() == arguments,
-        Reply::DoneBatch { task, .. } => *task == id,
+        Reply::DoneBatch { task, .. } | Reply::DoneBatchShared { task, .. } => *task == id,
         _ => false,
     }
+}
+
+/// Maps the sealed memfd that came with a shared reply of `len` bytes.
+fn map_shared(conn: Option<&mut Conn>, len: u64, max: usize) -> Result<SealedBytes, String> {
+    let fd = conn
+        .and_then(Conn::take_fd)
+        .ok_or("no descriptor came with the reply")?;
+    if len > max as u64 {
+        return Err(format!(
+            "a result of {len} bytes is larger than the limit of {max}"
+        ));
+    }
+    let mapped = payload::map(&fd).map_err(|e| e.to_string())?;
+    if mapped.len() as u64 != len {
+        return Err(format!("{} bytes where {len} were announced", mapped.len()));
+    }
+    Ok(mapped)
 }
 
 fn start_error(message: String) -> JobError {

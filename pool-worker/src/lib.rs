@@ -25,6 +25,7 @@
 
 mod codec;
 mod job;
+pub mod payload;
 pub mod protocol;
 mod serve;
 mod sys;

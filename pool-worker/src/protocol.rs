@@ -111,6 +111,14 @@ pub enum Request {
         count: u32,
         batch: ByteBuf,
     },
+    /// [`Request::RunBatch`] with the batch in shared memory (a sealed memfd the
+    /// supervisor keeps open until the task resolves); for large arguments.
+    RunBatchShared {
+        task: u64,
+        job: u32,
+        count: u32,
+        region: SharedRegion,
+    },
     /// Exit now with status `code`, sending nothing: how a `Process` ends its worker
     /// with an exit status that tells whether the job succeeded.
     Exit { code: i32 },
@@ -128,6 +136,17 @@ pub enum Reply {
     /// The outcomes of a [`Request::RunBatch`], encoded together as one bincode
     /// `Vec<ItemOutcome<Output>>`.
     DoneBatch { task: u64, outcomes: ByteBuf },
+    /// [`Reply::DoneBatch`] with the `len` bytes of outcomes in a sealed memfd, attached
+    /// to this frame (`SCM_RIGHTS`); for large results.
+    DoneBatchShared { task: u64, len: u64 },
+}
+
+/// Where a shared payload is: descriptor `fd` of process `pid`, `len` bytes, sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedRegion {
+    pub pid: u32,
+    pub fd: i32,
+    pub len: u64,
 }
 
 /// One argument's outcome inside a [`Reply::DoneBatch`], with the job's result type.

@@ -1,7 +1,7 @@
 //! The worker's side: announce the jobs, then run requests until the stream ends.
 
 use std::io::{self, BufReader};
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use crate::protocol::{
     self, DEFAULT_MAX_FRAME, ENV_SUPERVISOR_PID, ENV_WORKER_FD, Hello, Outcome, ProtocolError,
     Reply, Request,
 };
-use crate::sys;
+use crate::{payload, sys};
 
 /// True while a job runs; the watchdog only ends the process then (when idle, the
 /// serve loop sees the end of stream itself and exits cleanly).
@@ -159,23 +159,47 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                 job,
                 count,
                 batch,
+            } => run_batch(registry, task, job, count, Ok(&batch)),
+            Request::RunBatchShared {
+                task,
+                job,
+                count,
+                region,
             } => {
-                let ran = match registry.get(job) {
-                    Some(entry) => run_busy(|| entry.call_batch(&batch)),
-                    None => Err(format!("no job with index {job}")),
-                };
-                match ran {
-                    Ok(outcomes) => Reply::DoneBatch {
-                        task,
-                        outcomes: outcomes.into(),
-                    },
-                    Err(message) => Reply::Done {
-                        task,
-                        outcomes: vec![Outcome::Codec(message); count as usize],
-                    },
-                }
+                let mapped = payload::open_remote(region.pid, region.fd)
+                    .and_then(|fd| payload::map(&fd))
+                    .map_err(|e| format!("cannot map the shared arguments: {e}"))
+                    .and_then(|m| {
+                        if m.len() as u64 == region.len {
+                            Ok(m)
+                        } else {
+                            Err(format!(
+                                "shared arguments have {} bytes, not {}",
+                                m.len(),
+                                region.len
+                            ))
+                        }
+                    });
+                run_batch(
+                    registry,
+                    task,
+                    job,
+                    count,
+                    mapped.as_deref().map_err(Clone::clone),
+                )
             }
         };
+        if let Reply::DoneBatch { task, outcomes } = &reply {
+            if outcomes.len() > payload::SHARED_ABOVE {
+                let memfd = payload::sealed(outcomes)?;
+                let frame = protocol::frame(&Reply::DoneBatchShared {
+                    task: *task,
+                    len: outcomes.len() as u64,
+                })?;
+                payload::send_with_fd(&writer, &frame, memfd.as_raw_fd())?;
+                continue;
+            }
+        }
         let failed_init = matches!(reply, Reply::InitFailed { .. });
         protocol::write_frame(&mut writer, &protocol::frame(&reply)?)?;
         if failed_init {
@@ -183,6 +207,31 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
         }
     }
     Ok(())
+}
+
+/// Runs a batch (`batch` is its encoded arguments, or why they could not be read).
+fn run_batch(
+    registry: &Registry,
+    task: u64,
+    job: u32,
+    count: u32,
+    batch: Result<&[u8], String>,
+) -> Reply {
+    let ran = match (registry.get(job), batch) {
+        (Some(entry), Ok(batch)) => run_busy(|| entry.call_batch(batch)),
+        (None, _) => Err(format!("no job with index {job}")),
+        (_, Err(message)) => Err(message),
+    };
+    match ran {
+        Ok(outcomes) => Reply::DoneBatch {
+            task,
+            outcomes: outcomes.into(),
+        },
+        Err(message) => Reply::Done {
+            task,
+            outcomes: vec![Outcome::Codec(message); count as usize],
+        },
+    }
 }
 
 fn run_busy<R>(f: impl FnOnce() -> R) -> R {

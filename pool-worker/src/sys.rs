@@ -203,3 +203,75 @@ pub(crate) fn pidfd(pid: u32) -> Option<OwnedFd> {
     // SAFETY: the kernel just created this descriptor for this process; it is ours.
     Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
+
+/// A read-only mapping of a sealed memfd (see `payload::map`): its bytes cannot change
+/// while it lives.
+pub struct SealedBytes {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and its memfd is sealed against writes and shrinking,
+// so no process can change or remove the bytes; sharing `&[u8]` views of it between
+// threads is as sound as sharing any immutable buffer.
+unsafe impl Send for SealedBytes {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for SealedBytes {}
+
+/// Maps `len` bytes of `fd` read-only. The caller has checked the seals
+/// (`F_SEAL_WRITE`, `F_SEAL_SHRINK`) and that the file has `len` bytes.
+pub(crate) fn map_sealed(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<SealedBytes> {
+    if len == 0 {
+        return Ok(SealedBytes {
+            ptr: std::ptr::NonNull::dangling(),
+            len: 0,
+        });
+    }
+    // SAFETY: a new read-only shared mapping of `len` bytes of `fd` at an address the
+    // kernel picks; it aliases no existing memory.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let ptr =
+        std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+    Ok(SealedBytes { ptr, len })
+}
+
+impl std::ops::Deref for SealedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes (or is dangling with `len` 0) for as long
+        // as `self` lives, and the seals checked before mapping keep them from changing
+        // or going away, so an immutable slice over them is sound.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SealedBytes {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: exactly the range mmap returned; no slice of it outlives `self`.
+            unsafe {
+                libc::munmap(self.ptr.as_ptr().cast(), self.len);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SealedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedBytes")
+            .field("len", &self.len)
+            .finish()
+    }
+}

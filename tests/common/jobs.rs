@@ -121,6 +121,13 @@ pub fn fail_and_count(dir: String, panic: bool) -> Result<(), String> {
     Err(format!("attempt {attempts} fails"))
 }
 
+/// Its argument reversed (for payload tests: every byte must arrive, in place).
+#[job]
+pub fn reverse(mut bytes: Vec<u8>) -> Vec<u8> {
+    bytes.reverse();
+    bytes
+}
+
 /// The length of its argument (for payload-size tests).
 #[job]
 pub fn byte_len(bytes: Vec<u8>) -> usize {

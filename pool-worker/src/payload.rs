@@ -1,0 +1,185 @@
+//! Large payloads through shared memory instead of the stream: a sealed memfd.
+//!
+//! The sender writes the bytes into a fresh memfd and seals it against writes and
+//! resizing; the receiver checks the seals and maps it read-only, so the bytes it
+//! decodes cannot change under it, and decodes straight from the mapping. Arguments
+//! go supervisor to worker by reference (`/proc/<supervisor>/fd/<n>`, kept open until
+//! the task resolves); results go back with the descriptor itself attached to the
+//! reply (`SCM_RIGHTS`), since a worker cannot know when the supervisor has opened it.
+
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
+use crate::protocol::ProtocolError;
+use crate::sys;
+pub use crate::sys::SealedBytes;
+
+/// Payloads above this many bytes travel in shared memory.
+pub const SHARED_ABOVE: usize = 256 * 1024;
+
+/// Seals that make a memfd's contents immutable.
+fn seals() -> SealFlag {
+    SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL
+}
+
+/// A new sealed memfd holding `bytes`.
+pub fn sealed(bytes: &[u8]) -> io::Result<OwnedFd> {
+    let fd = memfd_create(
+        "procpool-payload",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut file = File::from(fd);
+    file.write_all(bytes)?;
+    let fd = OwnedFd::from(file);
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(seals()))?;
+    Ok(fd)
+}
+
+/// Maps a sealed memfd read-only, refusing one whose contents could still change.
+pub fn map(fd: &OwnedFd) -> io::Result<SealedBytes> {
+    let have = fcntl(fd, FcntlArg::F_GET_SEALS)
+        .map_err(|e| io::Error::other(format!("not a sealed memfd: {e}")))?;
+    let need = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK;
+    if !SealFlag::from_bits_truncate(have).contains(need) {
+        return Err(io::Error::other(
+            "shared payload is not sealed against writes",
+        ));
+    }
+    let len = File::from(fd.try_clone()?).metadata()?.len();
+    let len = usize::try_from(len).map_err(|_| io::Error::other("payload too large"))?;
+    sys::map_sealed(fd.as_fd(), len)
+}
+
+/// Opens descriptor `fd` of process `pid` (which keeps it open while we need it).
+pub fn open_remote(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
+    Ok(File::open(format!("/proc/{pid}/fd/{fd}"))?.into())
+}
+
+/// Writes all of `bytes` to `stream`, with `fd` attached to the first byte.
+pub fn send_with_fd(stream: &impl AsFd, bytes: &[u8], fd: RawFd) -> io::Result<()> {
+    let fds = [fd];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let mut sent = loop {
+        match sendmsg::<()>(
+            stream.as_fd().as_raw_fd(),
+            &[IoSlice::new(bytes)],
+            &cmsg,
+            MsgFlags::empty(),
+            None,
+        ) {
+            Ok(n) => break n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    while sent < bytes.len() {
+        match nix::unistd::write(stream.as_fd(), &bytes[sent..]) {
+            Ok(n) => sent += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads what is available into `buf` (blocking or not, as the socket is), keeping any
+/// descriptors that arrive with it in `fds`. `Ok(0)` at end of stream.
+pub fn recv_with_fds(socket: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [IoSliceMut::new(buf)];
+    loop {
+        match recvmsg::<()>(
+            socket,
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                for cmsg in msg.cmsgs().into_iter().flatten() {
+                    if let ControlMessageOwned::ScmRights(received) = cmsg {
+                        fds.extend(received.into_iter().map(sys::own_received));
+                    }
+                }
+                return Ok(msg.bytes);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A frame's body and the descriptors that came with it.
+pub type FrameWithFds = (Vec<u8>, Vec<OwnedFd>);
+
+/// Reads one frame from a blocking stream, with the descriptors that came with it.
+/// `Ok(None)` at a clean end of stream.
+pub fn read_frame_with_fds(
+    stream: &impl AsRawFd,
+    max: usize,
+) -> Result<Option<FrameWithFds>, ProtocolError> {
+    let mut fds = Vec::new();
+    let mut len = [0u8; 4];
+    if !fill(stream.as_raw_fd(), &mut len, &mut fds)? {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(ProtocolError::TooLarge { len, max });
+    }
+    let mut body = vec![0u8; len];
+    if !fill(stream.as_raw_fd(), &mut body, &mut fds)? {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
+    Ok(Some((body, fds)))
+}
+
+/// Fills `buf` completely; false if the stream ended before the first byte.
+fn fill(socket: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match recv_with_fds(socket, &mut buf[got..], fds)? {
+            0 if got == 0 => return Ok(false),
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => got += n,
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_payloads_round_trip_and_unsealed_ones_are_refused() {
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let fd = sealed(&bytes).unwrap();
+        assert_eq!(&*map(&fd).unwrap(), &bytes[..]);
+        let again = open_remote(std::process::id(), fd.as_raw_fd()).unwrap();
+        assert_eq!(&*map(&again).unwrap(), &bytes[..]);
+        assert_eq!(map(&sealed(&[]).unwrap()).unwrap().len(), 0);
+
+        let open = memfd_create("procpool-test", MFdFlags::MFD_CLOEXEC).unwrap();
+        assert!(
+            map(&open).is_err(),
+            "an unsealed memfd could change while mapped"
+        );
+    }
+
+    #[test]
+    fn a_descriptor_rides_with_its_bytes() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = sealed(b"shared").unwrap();
+        send_with_fd(&a, b"frame", fd.as_raw_fd()).unwrap();
+        let (mut buf, mut fds) = ([0u8; 16], Vec::new());
+        let n = recv_with_fds(b.as_raw_fd(), &mut buf, &mut fds).unwrap();
+        assert_eq!(&buf[..n], b"frame");
+        assert_eq!(fds.len(), 1);
+        assert_eq!(&*map(&fds[0]).unwrap(), b"shared");
+    }
+}
