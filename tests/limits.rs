@@ -149,3 +149,28 @@ fn a_timeout_with_grace_sends_sigterm_first_and_still_ends_the_worker() {
     assert_eq!(pool.apply(square, 2), Ok(4));
     close_and_check(pool);
 }
+
+#[test]
+fn short_tasks_sent_ahead_behind_a_surprise_long_task_are_taken_back() {
+    let pool = pool(2);
+    // Short tasks first, so both workers are sent tasks ahead (pipelining).
+    assert_eq!(
+        pool.map_chunked(sleep_ms, vec![0; 20], 1).expect("warm-up"),
+        vec![0; 20]
+    );
+    let long = pool.apply_async(sleep_ms, 10_000).expect("submit");
+    let shorts = pool
+        .map_async_chunked(sleep_ms, vec![1; 16], 1)
+        .expect("submit");
+    // Some of the short tasks went to the long task's worker, ahead of time; they are
+    // taken back and run on the other worker instead of waiting 10 s.
+    assert_eq!(shorts.get_timeout(PATIENCE), Ok(vec![1; 16]));
+    assert!(
+        !long.ready(),
+        "the short tasks finished long before the long one"
+    );
+    let pids = pool.worker_pids();
+    pool.terminate();
+    assert_eq!(long.get_timeout(PATIENCE), Err(JobError::Terminated));
+    assert_gone(&pids);
+}

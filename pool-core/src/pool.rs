@@ -102,7 +102,7 @@ impl Default for PoolBuilder {
             start_timeout: Duration::from_secs(30),
             terminate_grace: Duration::from_secs(1),
             max_message_size: DEFAULT_MAX_FRAME,
-            tasks_per_worker: 1,
+            tasks_per_worker: 8,
             max_start_failures: 5,
             task_options: TaskOptions::default(),
             max_memory_per_child: None,
@@ -179,11 +179,12 @@ impl PoolBuilder {
     }
 
     /// Most tasks in flight per worker (the running one included). A task sent ahead
-    /// hides the round trip between two short tasks, but it is committed to that
-    /// worker: behind a long task it waits while another worker may sit idle. So it
-    /// is sent only while the worker's tasks are short (under 5 ms), and the default
-    /// is 1 (no sending ahead; `map`'s chunking already amortises the round trip).
-    /// Raise it for streams of tiny tasks with chunk size 1. Default: 1.
+    /// hides the round trip between two short tasks. Tasks are sent ahead only while
+    /// the worker's last task took under 5 ms and its current one has run less than
+    /// that; once the current task has run 10 ms, the tasks waiting behind it are
+    /// taken back (the worker gives back what it has not started) and run on other
+    /// workers, so a surprise long task does not hold short ones hostage. 1 turns
+    /// sending ahead off. Default: 8.
     pub fn tasks_per_worker(mut self, n: usize) -> Self {
         self.tasks_per_worker = n;
         self
@@ -260,8 +261,11 @@ impl PoolBuilder {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        if self.tasks_per_worker == 0 {
-            return Err(Error::Config("tasks_per_worker must be at least 1".into()));
+        if self.tasks_per_worker == 0 || self.tasks_per_worker > pool_worker::slots::SLOTS {
+            return Err(Error::Config(format!(
+                "tasks_per_worker must be between 1 and {}",
+                pool_worker::slots::SLOTS
+            )));
         }
         if self.max_tasks_per_child == Some(0) {
             return Err(Error::Config(
@@ -1036,6 +1040,8 @@ impl Pool {
             span: tracing::debug_span!("task", id, job = %spec.name),
             options: spec.options,
             lost_runs: 0,
+            revoking: false,
+            seq: 0,
             _holds: holds,
             _shared: shared,
         })

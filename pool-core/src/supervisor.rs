@@ -22,7 +22,8 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 use pool_worker::payload::{self, SealedBytes};
-use pool_worker::protocol::{self, Hello, Outcome, Reply};
+use pool_worker::protocol::{self, Hello, Outcome, Reply, Request};
+use pool_worker::slots::Slots;
 
 use crate::TaskOptions;
 use crate::conn::{Conn, ReadEnd};
@@ -49,6 +50,9 @@ const REAP_EVERY: Duration = Duration::from_millis(2);
 /// tasks a task waiting in the socket hides the round trip, for long ones it would
 /// only wait behind the running task while another worker sits idle.
 const PIPELINE_BELOW: Duration = Duration::from_millis(5);
+/// A worker whose current task has run this long gets no task sent ahead, and the
+/// tasks already sent ahead to it are taken back (revoked) to run elsewhere.
+const REVOKE_AFTER: Duration = Duration::from_millis(10);
 
 /// One unit of work on the wire: a chunk of arguments for one job.
 pub(crate) struct Task {
@@ -63,6 +67,11 @@ pub(crate) struct Task {
     pub options: TaskOptions,
     /// Runs of this task lost with their worker so far.
     pub lost_runs: u32,
+    /// Sent ahead to a worker that had started it by the time the supervisor tried
+    /// to take it back (so it is not tried again).
+    pub revoking: bool,
+    /// Its place among the tasks sent to its current worker (its slot there).
+    pub seq: u64,
     /// Queues and pipes among the arguments, counted as held until the task resolves
     /// (never read: dropping the task releases them).
     pub _holds: Vec<crate::sync::Hold>,
@@ -145,9 +154,27 @@ struct Worker {
     /// The pid of the fork server that forked it (which reaps and signals it), if one
     /// did. A worker of a fork server that has died or been replaced died with it.
     zygote: Option<u32>,
+    /// Its start-or-revoke slots, when tasks are sent ahead.
+    slots: Option<Slots>,
 }
 
 impl Worker {
+    /// Whether tasks sent ahead wait behind the running one, not yet asked back.
+    fn waiting_ahead(&self) -> bool {
+        self.inflight
+            .iter()
+            .skip(1)
+            .any(|entry| matches!(entry, Inflight::Task(t) if !t.revoking))
+    }
+
+    /// Whether the worker may be sent tasks ahead: its last task was short, and the
+    /// one running now has not run long.
+    fn pipelining(&self, now: Instant) -> bool {
+        self.last_task.is_some_and(|d| d < PIPELINE_BELOW)
+            && (self.inflight.is_empty()
+                || now.saturating_duration_since(self.head_started) < PIPELINE_BELOW)
+    }
+
     /// When the running task passes its time limit, if it has one.
     fn head_deadline(&self) -> Option<Instant> {
         match self.inflight.front() {
@@ -250,6 +277,7 @@ impl Supervisor {
                 }
             }
             self.tend();
+            self.revoke_waiting();
             self.dispatch();
             self.replenish();
             self.fail_stranded_tasks();
@@ -275,6 +303,9 @@ impl Supervisor {
                 Phase::Ready => {
                     if let Some(deadline) = w.head_deadline() {
                         at = at.min(deadline);
+                    }
+                    if w.waiting_ahead() {
+                        at = at.min(w.head_started + REVOKE_AFTER);
                     }
                 }
             }
@@ -444,6 +475,7 @@ impl Supervisor {
                 stderr,
                 oom_kills_at_start: launch::cgroup_oom_kills(),
                 zygote: zygote_pid,
+                slots: None,
             },
         );
         self.publish_pids();
@@ -493,6 +525,18 @@ impl Supervisor {
         tracing::debug!(pid = w.pid, jobs = hello.jobs.len(), "worker ready");
         w.phase = Phase::Ready;
         w.handshaken = true;
+        if self.config.tasks_per_worker > 1 {
+            match slots_frame() {
+                Ok((slots, frame)) => {
+                    if let Some(conn) = w.conn.as_mut() {
+                        conn.queue(frame.into());
+                        w.slots = Some(slots);
+                    }
+                }
+                // Without slots nothing is sent ahead to this worker.
+                Err(e) => tracing::warn!(error = %e, "no start-or-revoke slots"),
+            }
+        }
         if let (Some(frame), Some(conn)) = (&self.init_frame, w.conn.as_mut()) {
             w.inflight.push_back(Inflight::Init);
             conn.queue(frame.clone());
@@ -551,6 +595,10 @@ impl Supervisor {
         if let Err(e) = conn.flush() {
             // The worker is gone or going; its exit is attributed when it is reaped.
             tracing::debug!(error = %e, "write to worker failed");
+            // What it answered before it went is still in the socket: the replies to
+            // the tasks it finished (several, when tasks were sent ahead). Take them
+            // first, or those tasks would be blamed for its death.
+            self.read(token);
             self.close_conn(token, EXIT_GRACE);
         }
     }
@@ -983,13 +1031,14 @@ impl Supervisor {
     fn dispatch(&mut self) {
         let per_worker = self.config.tasks_per_worker;
         let max_tasks = self.config.max_tasks_per_child;
+        let now = Instant::now();
         let mut touched = Vec::new();
         while !self.queue.is_empty() {
             let Some((&token, w)) = self
                 .workers
                 .iter_mut()
                 .filter(|(_, w)| {
-                    let room = if w.last_task.is_some_and(|d| d < PIPELINE_BELOW) {
+                    let room = if w.slots.is_some() && w.pipelining(now) {
                         per_worker
                     } else {
                         1
@@ -1003,10 +1052,15 @@ impl Supervisor {
             else {
                 break;
             };
-            let Some(task) = self.queue.pop_front() else {
+            let Some(mut task) = self.queue.pop_front() else {
                 break;
             };
+            task.revoking = false;
             let Some(conn) = w.conn.as_mut() else { break };
+            task.seq = w.dispatched as u64;
+            if let Some(slots) = &w.slots {
+                slots.queue(task.seq, task.id);
+            }
             if w.inflight.is_empty() {
                 w.head_started = Instant::now();
             }
@@ -1021,6 +1075,46 @@ impl Supervisor {
         touched.dedup();
         for token in touched {
             self.flush(token);
+        }
+    }
+
+    /// Takes back the tasks sent ahead to workers whose running task has run past
+    /// [`REVOKE_AFTER`], so that they run on a free worker instead of waiting. A task
+    /// the worker has already started stays (the slots settle which; see
+    /// `pool_worker::slots`).
+    fn revoke_waiting(&mut self) {
+        let now = Instant::now();
+        for w in self.workers.values_mut() {
+            if w.phase != Phase::Ready
+                || now.saturating_duration_since(w.head_started) < REVOKE_AFTER
+                || !w.waiting_ahead()
+            {
+                continue;
+            }
+            let Some(slots) = &w.slots else { continue };
+            let mut back = Vec::new();
+            let mut kept = VecDeque::with_capacity(w.inflight.len());
+            for (i, entry) in w.inflight.drain(..).enumerate() {
+                match entry {
+                    Inflight::Task(mut t) if i > 0 && !t.revoking => {
+                        if slots.revoke(t.seq, t.id) {
+                            back.push(t);
+                        } else {
+                            // It started: its reply comes as usual.
+                            t.revoking = true;
+                            kept.push_back(Inflight::Task(t));
+                        }
+                    }
+                    other => kept.push_back(other),
+                }
+            }
+            w.inflight = kept;
+            if !back.is_empty() {
+                tracing::debug!(pid = w.pid, tasks = back.len(), "tasks taken back");
+            }
+            for t in back.into_iter().rev() {
+                self.queue.push_front(t);
+            }
         }
     }
 
@@ -1171,6 +1265,14 @@ fn map_shared(conn: Option<&mut Conn>, len: u64, max: usize) -> Result<SealedByt
         return Err(format!("{} bytes where {len} were announced", mapped.len()));
     }
     Ok(mapped)
+}
+
+/// New start-or-revoke slots for a worker, and the frame that tells it where they are.
+fn slots_frame() -> Result<(Slots, Vec<u8>), String> {
+    let slots = Slots::create().map_err(|e| e.to_string())?;
+    let region = slots.region().ok_or("slots without a region")?;
+    let frame = protocol::frame(&Request::UseSlots { region }).map_err(|e| e.to_string())?;
+    Ok((slots, frame))
 }
 
 fn start_error(message: String) -> JobError {

@@ -28,6 +28,7 @@ mod job;
 pub mod payload;
 pub mod protocol;
 mod serve;
+pub mod slots;
 mod sys;
 mod zygote;
 

@@ -119,9 +119,24 @@ pub enum Request {
         count: u32,
         region: SharedRegion,
     },
+    /// Use these start-or-revoke slots (see `slots`) before starting each task;
+    /// sent once, before any task, by a supervisor that sends tasks ahead.
+    UseSlots { region: SharedRegion },
     /// Exit now with status `code`, sending nothing: how a `Process` ends its worker
     /// with an exit status that tells whether the job succeeded.
     Exit { code: i32 },
+}
+
+impl Request {
+    /// The task a request runs, if it runs one.
+    pub fn task(&self) -> Option<u64> {
+        match self {
+            Request::Run { task, .. }
+            | Request::RunBatch { task, .. }
+            | Request::RunBatchShared { task, .. } => Some(*task),
+            _ => None,
+        }
+    }
 }
 
 /// Worker to supervisor.

@@ -13,6 +13,7 @@ use crate::protocol::{
     self, DEFAULT_MAX_FRAME, ENV_SUPERVISOR_PID, ENV_WORKER_FD, Hello, Outcome, ProtocolError,
     Reply, Request,
 };
+use crate::slots::Slots;
 use crate::{payload, sys};
 
 /// True while a job runs; the watchdog only ends the process then (when idle, the
@@ -116,8 +117,23 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
     protocol::write_frame(&mut writer, &protocol::hello_frame(&hello)?)?;
 
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut slots: Option<Slots> = None;
+    // Tasks received so far: the supervisor counts the same way.
+    let mut seq = 0u64;
     while let Some(body) = protocol::read_frame(&mut reader, DEFAULT_MAX_FRAME)? {
-        let reply = match protocol::decode::<Request>(&body)? {
+        let request = protocol::decode::<Request>(&body)?;
+        if let Some(task) = request.task() {
+            seq += 1;
+            if slots.as_ref().is_some_and(|s| !s.start(seq - 1, task)) {
+                // Taken back by the supervisor, which runs it elsewhere: skip it.
+                continue;
+            }
+        }
+        let reply = match request {
+            Request::UseSlots { region } => {
+                slots = Some(Slots::open(&region)?);
+                continue;
+            }
             Request::Init {
                 job,
                 codec,

@@ -234,7 +234,8 @@ pub(crate) fn map_sealed(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Res
             std::ptr::null_mut(),
             len,
             libc::PROT_READ,
-            libc::MAP_SHARED,
+            // Populate: fault the pages in at once; they are read front to back next.
+            libc::MAP_SHARED | libc::MAP_POPULATE,
             std::os::fd::AsRawFd::as_raw_fd(&fd),
             0,
         )
@@ -273,5 +274,64 @@ impl std::fmt::Debug for SealedBytes {
         f.debug_struct("SealedBytes")
             .field("len", &self.len)
             .finish()
+    }
+}
+
+/// A small read-write shared mapping of words (the start-or-revoke slots).
+pub struct SharedPage {
+    ptr: std::ptr::NonNull<u64>,
+    words: usize,
+}
+
+// SAFETY: the page is only ever accessed through atomics (`word`), from any thread or
+// process.
+unsafe impl Send for SharedPage {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for SharedPage {}
+
+/// Maps the first `len` bytes of `fd` read-write and shared (`len` a multiple of 8).
+pub(crate) fn map_shared_page(fd: &OwnedFd, len: usize) -> io::Result<SharedPage> {
+    // SAFETY: a new shared mapping of `len` bytes of `fd` at an address the kernel
+    // picks; it aliases no memory of this process.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let ptr =
+        std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+    Ok(SharedPage {
+        ptr,
+        words: len / 8,
+    })
+}
+
+impl SharedPage {
+    /// Word `i`, shared with the other process.
+    ///
+    /// # Panics
+    /// If `i` is out of range.
+    pub fn word(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(i < self.words, "word {i} of {}", self.words);
+        // SAFETY: in bounds (asserted) and 8-aligned (page-aligned base); the mapping
+        // lives as long as `self`; every access, in both processes, is atomic.
+        unsafe { std::sync::atomic::AtomicU64::from_ptr(self.ptr.as_ptr().add(i)) }
+    }
+}
+
+impl Drop for SharedPage {
+    fn drop(&mut self) {
+        // SAFETY: exactly the range mmap returned; no reference into it outlives `self`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.words * 8);
+        }
     }
 }
