@@ -21,8 +21,8 @@ use crate::error::{Error, JobError, TaskOptions};
 use crate::imap::Imap;
 use crate::launch::{LaunchSpec, StartMethod};
 use crate::result::{
-    AsyncResult, Canceller, CollectSink, Finish, OneSink, Sink, Slot, decode_delivery,
-    raw_delivery, wait_while,
+    AsyncResult, Canceller, CollectSink, Delivery, OneSink, Sink, Slot, concat_outcomes,
+    concat_values, decode_delivery, decode_values, raw_delivery, wait_while,
 };
 use crate::supervisor::{Command, Supervisor, Task, WAKER};
 use crate::sync::{Hold, collect_holds};
@@ -808,8 +808,14 @@ impl Pool {
         I: IntoIterator<Item = J::Input>,
     {
         let inputs: Vec<J::Input> = inputs.into_iter().collect();
-        self.submit_collect::<J, _>(inputs, chunksize, self.options, Ok)?
-            .get()
+        self.submit_collect::<J, _, _>(
+            inputs,
+            chunksize,
+            self.options,
+            decode_delivery::<J::Output>,
+            concat_outcomes,
+        )?
+        .get()
     }
 
     /// [`map`](Self::map) without waiting.
@@ -869,15 +875,22 @@ impl Pool {
         I: IntoIterator<Item = J::Input>,
     {
         let inputs: Vec<J::Input> = inputs.into_iter().collect();
-        self.submit_collect::<J, _>(inputs, chunksize, options, |all| all.into_iter().collect())
+        self.submit_collect::<J, _, _>(
+            inputs,
+            chunksize,
+            options,
+            decode_values::<J::Output>,
+            concat_values,
+        )
     }
 
-    fn submit_collect<J: Job, U: Send + 'static>(
+    fn submit_collect<J: Job, P: Send + 'static, U: Send + 'static>(
         &self,
         inputs: Vec<J::Input>,
         chunksize: usize,
         options: TaskOptions,
-        finish: Finish<J::Output, U>,
+        decode: fn(Delivery) -> P,
+        finish: fn(Vec<P>) -> Result<U, JobError>,
     ) -> Result<AsyncResult<U>, JobError> {
         let index = self.jobs.resolve::<J>()?;
         let slot = Slot::new();
@@ -886,11 +899,7 @@ impl Pool {
             return Ok(AsyncResult::new(slot, None));
         }
         let chunks: Vec<&[J::Input]> = inputs.chunks(chunksize.max(1)).collect();
-        let sink = Arc::new(CollectSink::<J::Output, U>::new(
-            chunks.len(),
-            finish,
-            slot.clone(),
-        ));
+        let sink = Arc::new(CollectSink::new(chunks.len(), decode, finish, slot.clone()));
         let spec = TaskSpec::typed::<J>(index, options);
         let tasks = chunks
             .into_iter()

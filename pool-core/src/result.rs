@@ -6,7 +6,6 @@
 //! the supervisor owns the task and gives it up in the act of delivering it.
 
 use std::future::Future;
-use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -14,7 +13,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use pool_worker::Codec;
-use pool_worker::protocol::ItemOutcome;
+use pool_worker::protocol::{BatchOutcomes, ItemOutcome};
 use serde::de::DeserializeOwned;
 
 use crate::error::JobError;
@@ -24,8 +23,6 @@ use crate::pool::Shared;
 pub(crate) type RawOutcome = Result<Vec<u8>, JobError>;
 /// Decoded outcomes, one per argument, in input order.
 pub(crate) type Outcomes<T> = Vec<Result<T, JobError>>;
-/// Turns a whole submission's outcomes into its final value (`map`: the first error).
-pub(crate) type Finish<T, U> = fn(Outcomes<T>) -> Result<U, JobError>;
 
 /// What a task's worker (or its fate) sent back for it.
 #[derive(Clone)]
@@ -68,35 +65,60 @@ pub(crate) fn decode_delivery<T: DeserializeOwned>(delivery: Delivery) -> Outcom
         Delivery::Items(raw) => return raw.into_iter().map(decode).collect(),
         Delivery::Batch { count, bytes } => (count, bytes),
     };
-    let fail = |message: String| {
-        (0..count)
-            .map(|_| {
-                Err(JobError::Codec {
-                    message: message.clone(),
-                })
-            })
-            .collect()
-    };
-    let items: Vec<ItemOutcome<T>> = match Codec::Bincode.decode(&bytes) {
-        Ok(items) => items,
-        Err(e) => {
-            return fail(format!(
-                "results do not decode as {}: {e}",
-                std::any::type_name::<T>()
-            ));
-        }
-    };
-    if items.len() != count {
-        return fail(format!("{} results for {count} arguments", items.len()));
+    match decode_batch::<T>(&bytes, count) {
+        Ok(BatchOutcomes::AllOk(values)) => values.into_iter().map(Ok).collect(),
+        Ok(BatchOutcomes::Mixed(items)) => items.into_iter().map(item_result).collect(),
+        Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
     }
-    items
-        .into_iter()
-        .map(|item| match item {
-            ItemOutcome::Ok(v) => Ok(v),
-            ItemOutcome::Failed(message) => Err(JobError::Failed { message }),
-            ItemOutcome::Panicked(message) => Err(JobError::Panicked { message }),
-        })
-        .collect()
+}
+
+/// Decodes a delivery for a caller that wants values or the first error (`map`):
+/// straight into a `Vec<T>`, with no per-item `Result` in between. The first failed
+/// item, in order, is the part's error.
+pub(crate) fn decode_values<T: DeserializeOwned>(delivery: Delivery) -> Result<Vec<T>, JobError> {
+    let (count, bytes) = match delivery {
+        Delivery::Items(raw) => return raw.into_iter().map(decode).collect(),
+        Delivery::Batch { count, bytes } => (count, bytes),
+    };
+    let values = match decode_batch::<T>(&bytes, count)? {
+        BatchOutcomes::AllOk(values) => values,
+        BatchOutcomes::Mixed(items) => items
+            .into_iter()
+            .map(item_result)
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(values)
+}
+
+/// A batch's outcomes, checked to be `count`.
+fn decode_batch<T: DeserializeOwned>(
+    bytes: &[u8],
+    count: usize,
+) -> Result<BatchOutcomes<T>, JobError> {
+    let outcomes: BatchOutcomes<T> = Codec::Bincode.decode(bytes).map_err(|e| JobError::Codec {
+        message: format!(
+            "results do not decode as {}: {e}",
+            std::any::type_name::<T>()
+        ),
+    })?;
+    let len = match &outcomes {
+        BatchOutcomes::AllOk(v) => v.len(),
+        BatchOutcomes::Mixed(v) => v.len(),
+    };
+    if len != count {
+        return Err(JobError::Codec {
+            message: format!("{len} results for {count} arguments"),
+        });
+    }
+    Ok(outcomes)
+}
+
+fn item_result<T>(item: ItemOutcome<T>) -> Result<T, JobError> {
+    match item {
+        ItemOutcome::Ok(v) => Ok(v),
+        ItemOutcome::Failed(message) => Err(JobError::Failed { message }),
+        ItemOutcome::Panicked(message) => Err(JobError::Panicked { message }),
+    }
 }
 
 /// The untyped counterpart of [`decode_delivery`]: encoded results as they are.
@@ -429,41 +451,47 @@ impl<T: DeserializeOwned + Send + 'static> Sink for OneSink<T> {
     }
 }
 
-/// Sink of a chunked submission that completes one slot when every part is in
-/// (`map_async`, `map`, `map_results`), in input order.
-pub(crate) struct CollectSink<T, U> {
-    parts: Mutex<Parts<T>>,
-    finish: Finish<T, U>,
+/// Sink of a whole submission (`map`, `map_results`): each part is decoded as it
+/// arrives (`decode`), and the parts, in order, become the value once all are in
+/// (`finish`).
+pub(crate) struct CollectSink<P, U> {
+    parts: Mutex<Parts<P>>,
+    decode: fn(Delivery) -> P,
+    finish: fn(Vec<P>) -> Result<U, JobError>,
     slot: Arc<Slot<U>>,
-    _t: PhantomData<fn() -> T>,
 }
 
-struct Parts<T> {
-    parts: Vec<Option<Outcomes<T>>>,
+struct Parts<P> {
+    parts: Vec<Option<P>>,
     remaining: usize,
 }
 
-impl<T, U> CollectSink<T, U> {
-    pub fn new(parts: usize, finish: Finish<T, U>, slot: Arc<Slot<U>>) -> Self {
+impl<P, U> CollectSink<P, U> {
+    pub fn new(
+        parts: usize,
+        decode: fn(Delivery) -> P,
+        finish: fn(Vec<P>) -> Result<U, JobError>,
+        slot: Arc<Slot<U>>,
+    ) -> Self {
         CollectSink {
             parts: Mutex::new(Parts {
                 parts: (0..parts).map(|_| None).collect(),
                 remaining: parts,
             }),
+            decode,
             finish,
             slot,
-            _t: PhantomData,
         }
     }
 }
 
-impl<T, U> Sink for CollectSink<T, U>
+impl<P, U> Sink for CollectSink<P, U>
 where
-    T: DeserializeOwned + Send + 'static,
+    P: Send + 'static,
     U: Send + 'static,
 {
     fn deliver(&self, part: usize, delivery: Delivery) {
-        let decoded: Outcomes<T> = decode_delivery(delivery);
+        let decoded = (self.decode)(delivery);
         let all = {
             let mut guard = self.parts.lock().unwrap_or_else(|e| e.into_inner());
             let Parts { parts, remaining } = &mut *guard;
@@ -482,9 +510,23 @@ where
             }
             std::mem::take(parts)
         };
-        let flat = all.into_iter().flatten().flatten().collect();
-        self.slot.complete((self.finish)(flat));
+        self.slot
+            .complete((self.finish)(all.into_iter().flatten().collect()));
     }
+}
+
+/// `map`'s parts become one vector of values, or the first error in input order.
+pub(crate) fn concat_values<T>(parts: Vec<Result<Vec<T>, JobError>>) -> Result<Vec<T>, JobError> {
+    let mut values = Vec::with_capacity(parts.iter().map(|p| p.as_ref().map_or(0, Vec::len)).sum());
+    for part in parts {
+        values.extend(part?);
+    }
+    Ok(values)
+}
+
+/// `map_results`' parts become one vector of outcomes.
+pub(crate) fn concat_outcomes<T>(parts: Vec<Outcomes<T>>) -> Result<Outcomes<T>, JobError> {
+    Ok(parts.into_iter().flatten().collect())
 }
 
 /// Sink of a streaming submission (`imap`): each part goes down a channel.

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::codec::Codec;
-use crate::protocol::{ItemOutcome, JobInfo, Outcome};
+use crate::protocol::{BatchOutcomes, ItemOutcome, JobInfo, Outcome};
 
 /// A function that can run in a worker process.
 ///
@@ -68,7 +68,7 @@ impl JobEntry {
     }
 
     /// Runs a bincode batch of arguments (a `Vec` of the job's argument type) and
-    /// returns the encoded `Vec<ItemOutcome<Output>>`, or why the batch as a whole did
+    /// returns the encoded `BatchOutcomes<Output>`, or why the batch as a whole did
     /// not decode or its outcomes did not encode. Never panics.
     pub fn call_batch(&self, batch: &[u8]) -> Result<Vec<u8>, String> {
         (self.call_batch)(batch)
@@ -83,14 +83,29 @@ fn call_batch<J: Job>(batch: &[u8]) -> Result<Vec<u8>, String> {
             std::any::type_name::<J::Input>()
         )
     })?;
-    let outcomes: Vec<ItemOutcome<J::Output>> = inputs
-        .into_iter()
-        .map(|input| match run_caught::<J>(input) {
-            Ok(Ok(output)) => ItemOutcome::Ok(output),
-            Ok(Err(message)) => ItemOutcome::Failed(message),
-            Err(message) => ItemOutcome::Panicked(message),
-        })
-        .collect();
+    let outcome = |ran: Result<Result<J::Output, String>, String>| match ran {
+        Ok(Ok(output)) => ItemOutcome::Ok(output),
+        Ok(Err(message)) => ItemOutcome::Failed(message),
+        Err(message) => ItemOutcome::Panicked(message),
+    };
+    let mut inputs = inputs.into_iter();
+    let mut values = Vec::with_capacity(inputs.len());
+    let mut outcomes = BatchOutcomes::AllOk(Vec::new());
+    while let Some(input) = inputs.next() {
+        match run_caught::<J>(input) {
+            Ok(Ok(value)) => values.push(value),
+            failed => {
+                // From the first failure on, each argument gets its own outcome.
+                let mut mixed: Vec<_> = values.drain(..).map(ItemOutcome::Ok).collect();
+                mixed.push(outcome(failed));
+                mixed.extend(inputs.by_ref().map(|i| outcome(run_caught::<J>(i))));
+                outcomes = BatchOutcomes::Mixed(mixed);
+            }
+        }
+    }
+    if let BatchOutcomes::AllOk(all) = &mut outcomes {
+        *all = values;
+    }
     Codec::Bincode
         .encode(&outcomes)
         .map_err(|e| format!("result of job `{}` does not encode: {e}", J::NAME))

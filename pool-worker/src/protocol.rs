@@ -149,7 +149,7 @@ pub enum Reply {
     /// One outcome per argument of task `task`, in order.
     Done { task: u64, outcomes: Vec<Outcome> },
     /// The outcomes of a [`Request::RunBatch`], encoded together as one bincode
-    /// `Vec<ItemOutcome<Output>>`.
+    /// [`BatchOutcomes<Output>`].
     DoneBatch { task: u64, outcomes: ByteBuf },
     /// [`Reply::DoneBatch`] with the `len` bytes of outcomes in a sealed memfd, attached
     /// to this frame (`SCM_RIGHTS`); for large results.
@@ -162,6 +162,15 @@ pub struct SharedRegion {
     pub pid: u32,
     pub fd: i32,
     pub len: u64,
+}
+
+/// The outcomes of a batch (the body of a [`Reply::DoneBatch`]), with the job's
+/// result type: when every argument succeeded, just the values (no per-item tag to
+/// encode or decode); otherwise one [`ItemOutcome`] per argument.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchOutcomes<T> {
+    AllOk(Vec<T>),
+    Mixed(Vec<ItemOutcome<T>>),
 }
 
 /// One argument's outcome inside a [`Reply::DoneBatch`], with the job's result type.
