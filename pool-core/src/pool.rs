@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use pool_worker::payload;
+use pool_worker::payload::Encoded;
 pub use pool_worker::protocol::JobInfo;
 use pool_worker::protocol::{self, DEFAULT_MAX_FRAME, Request, SharedRegion};
 use pool_worker::{Codec, Job};
@@ -640,20 +640,20 @@ pub(crate) enum Arguments {
     /// holds on the queues and pipes among them while they are in flight.
     Batch {
         count: usize,
-        bytes: Vec<u8>,
+        payload: Encoded,
         holds: Vec<Hold>,
     },
 }
 
 /// Encodes typed arguments for the wire, as one batch.
 pub(crate) fn encode_all<T: serde::Serialize>(arguments: &[T]) -> Result<Arguments, JobError> {
-    let (bytes, holds) = collect_holds(|| Codec::Bincode.encode(arguments));
-    let bytes = bytes.map_err(|message| JobError::Codec {
+    let (payload, holds) = collect_holds(|| Codec::encode_payload(arguments));
+    let payload = payload.map_err(|message| JobError::Codec {
         message: format!("argument does not encode: {message}"),
     })?;
     Ok(Arguments::Batch {
         count: arguments.len(),
-        bytes,
+        payload,
         holds,
     })
 }
@@ -670,37 +670,38 @@ fn too_large(size: usize, max: usize) -> JobError {
     }
 }
 
-/// The request that runs `count` arguments encoded as one batch: inline, or, above
-/// [`payload::SHARED_ABOVE`] bytes, in a sealed memfd whose descriptor the caller keeps
-/// open until the task resolves (the worker opens it through `/proc`).
+/// The request that runs `count` arguments encoded as one batch: inline, or, when
+/// the encoder put them in a sealed memfd (past `payload::SHARED_ABOVE` bytes), by
+/// reference to it; the caller keeps that descriptor open until the task resolves
+/// (the worker opens it through `/proc`).
 pub(crate) fn batch_request(
     task: u64,
     job: u32,
     count: usize,
-    bytes: Vec<u8>,
+    payload: Encoded,
 ) -> Result<(Request, Option<OwnedFd>), JobError> {
     let count = u32::try_from(count).map_err(|_| JobError::Codec {
         message: format!("{count} arguments in one task is too many"),
     })?;
-    if bytes.len() <= payload::SHARED_ABOVE {
-        let batch = bytes.into();
-        return Ok((
-            Request::RunBatch {
-                task,
-                job,
-                count,
-                batch,
-            },
-            None,
-        ));
-    }
-    let fd = payload::sealed(&bytes).map_err(|e| JobError::Codec {
-        message: format!("cannot put the arguments in shared memory: {e}"),
-    })?;
+    let (fd, len) = match payload {
+        Encoded::Inline(bytes) => {
+            let batch = bytes.into();
+            return Ok((
+                Request::RunBatch {
+                    task,
+                    job,
+                    count,
+                    batch,
+                },
+                None,
+            ));
+        }
+        Encoded::Shared { fd, len } => (fd, len),
+    };
     let region = SharedRegion {
         pid: std::process::id(),
         fd: fd.as_raw_fd(),
-        len: bytes.len() as u64,
+        len: len as u64,
     };
     Ok((
         Request::RunBatchShared {
@@ -1024,13 +1025,13 @@ impl Pool {
             ),
             Arguments::Batch {
                 count,
-                bytes,
+                payload,
                 holds,
             } => {
-                if bytes.len() > self.max_message_size {
-                    return Err(too_large(bytes.len(), self.max_message_size));
+                if payload.len() > self.max_message_size {
+                    return Err(too_large(payload.len(), self.max_message_size));
                 }
-                let (request, shared) = batch_request(id, spec.index, count, bytes)?;
+                let (request, shared) = batch_request(id, spec.index, count, payload)?;
                 (count, request, holds, shared)
             }
         };

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use pool_worker::Job;
-use pool_worker::payload;
+use pool_worker::payload::{self, Encoded};
 use pool_worker::protocol::{self, DEFAULT_MAX_FRAME, ProtocolError, Reply, Request};
 use serde::de::DeserializeOwned;
 
@@ -125,7 +125,7 @@ impl ProcessBuilder {
         };
         launch.method = self.start_method;
         let (batch, holds) =
-            collect_holds(|| pool_worker::Codec::Bincode.encode(std::slice::from_ref(&argument)));
+            collect_holds(|| pool_worker::Codec::encode_payload(std::slice::from_ref(&argument)));
         let batch = batch.map_err(|e| {
             Error::Job(JobError::Codec {
                 message: format!("argument does not encode: {e}"),
@@ -143,7 +143,7 @@ impl ProcessBuilder {
             start_timeout: self.start_timeout,
             resolve: JobTable::resolve::<J>,
             succeeded: succeeded::<J::Output>,
-            batch,
+            batch: Some(batch),
             _holds: holds,
             inner: inner.clone(),
         };
@@ -374,7 +374,7 @@ struct Keeper {
     start_timeout: Duration,
     resolve: fn(&JobTable) -> Result<u32, JobError>,
     succeeded: fn(&Delivery) -> bool,
-    batch: Vec<u8>,
+    batch: Option<Encoded>,
     /// Queues and pipes in the argument, held until the child is reaped.
     _holds: Vec<Hold>,
     inner: Arc<Inner>,
@@ -392,8 +392,10 @@ impl Keeper {
         let pid = launched.pid;
         tracing::Span::current().record("pid", pid);
         let _ = started.send(Ok(pid));
-        let batch = std::mem::take(&mut self.batch);
-        let reply = self.converse(launched.stream, pid, batch);
+        let reply = match self.batch.take() {
+            Some(batch) => self.converse(launched.stream, pid, batch),
+            None => None,
+        };
         if let Some(reply) = reply {
             self.inner.state().reply = Some(reply);
         }
@@ -423,7 +425,7 @@ impl Keeper {
         &self,
         stream: UnixStream,
         pid: u32,
-        batch: Vec<u8>,
+        batch: Encoded,
     ) -> Option<Result<Delivery, JobError>> {
         let mut reader = stream;
         let mut writer = match reader.try_clone() {

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::payload::{Encoded, SpillWriter};
+
 /// The encoding of a task's argument and result bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Codec {
@@ -28,6 +30,25 @@ impl Codec {
             }
             Codec::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
         }
+    }
+
+    /// Encodes `value` with bincode as a payload: in memory, or, past
+    /// [`SHARED_ABOVE`](crate::payload::SHARED_ABOVE) bytes, straight into a sealed
+    /// memfd.
+    pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, String> {
+        struct Spill(SpillWriter);
+        impl bincode::enc::write::Writer for Spill {
+            #[inline(always)]
+            fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+                self.0
+                    .write(bytes)
+                    .map_err(|inner| bincode::error::EncodeError::Io { inner, index: 0 })
+            }
+        }
+        let mut out = Spill(SpillWriter::new());
+        bincode::serde::encode_into_writer(value, &mut out, bincode_config())
+            .map_err(|e| e.to_string())?;
+        out.0.finish().map_err(|e| e.to_string())
     }
 
     /// Decodes a whole value from `bytes`; trailing bytes are an error.

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::codec::Codec;
+use crate::payload::Encoded;
 use crate::protocol::{BatchOutcomes, ItemOutcome, JobInfo, Outcome};
 
 /// A function that can run in a worker process.
@@ -31,7 +32,7 @@ pub struct JobEntry {
     input_type: fn() -> &'static str,
     output_type: fn() -> &'static str,
     call: fn(Codec, &[u8]) -> Outcome,
-    call_batch: fn(&[u8]) -> Result<Vec<u8>, String>,
+    call_batch: fn(&[u8]) -> Result<Encoded, String>,
 }
 
 inventory::collect!(JobEntry);
@@ -70,12 +71,12 @@ impl JobEntry {
     /// Runs a bincode batch of arguments (a `Vec` of the job's argument type) and
     /// returns the encoded `BatchOutcomes<Output>`, or why the batch as a whole did
     /// not decode or its outcomes did not encode. Never panics.
-    pub fn call_batch(&self, batch: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn call_batch(&self, batch: &[u8]) -> Result<Encoded, String> {
         (self.call_batch)(batch)
     }
 }
 
-fn call_batch<J: Job>(batch: &[u8]) -> Result<Vec<u8>, String> {
+fn call_batch<J: Job>(batch: &[u8]) -> Result<Encoded, String> {
     let inputs: Vec<J::Input> = Codec::Bincode.decode(batch).map_err(|e| {
         format!(
             "arguments of job `{}` do not decode as {}: {e}",
@@ -106,8 +107,7 @@ fn call_batch<J: Job>(batch: &[u8]) -> Result<Vec<u8>, String> {
     if let BatchOutcomes::AllOk(all) = &mut outcomes {
         *all = values;
     }
-    Codec::Bincode
-        .encode(&outcomes)
+    Codec::encode_payload(&outcomes)
         .map_err(|e| format!("result of job `{}` does not encode: {e}", J::NAME))
 }
 

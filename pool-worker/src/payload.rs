@@ -22,6 +22,105 @@ pub use crate::sys::SealedBytes;
 /// Payloads above this many bytes travel in shared memory.
 pub const SHARED_ABOVE: usize = 256 * 1024;
 
+/// An encoded payload: in memory while small, in a sealed memfd past
+/// [`SHARED_ABOVE`] bytes.
+#[derive(Debug)]
+pub enum Encoded {
+    Inline(Vec<u8>),
+    Shared { fd: OwnedFd, len: usize },
+}
+
+impl Encoded {
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Encoded::Inline(bytes) => bytes.len(),
+            Encoded::Shared { len, .. } => *len,
+        }
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where an encoder writes: a vector until the payload passes [`SHARED_ABOVE`] bytes,
+/// then a memfd (what was written so far is moved there), so a large payload is
+/// written once, into the shared memory, not into a vector first and copied. Past
+/// the spill the vector is the memfd's write buffer; a large write goes straight
+/// through.
+pub(crate) struct SpillWriter {
+    bytes: Vec<u8>,
+    file: Option<File>,
+    len: usize,
+}
+
+/// The write buffer in front of a spilled payload's memfd.
+const SPILL_BUFFER: usize = 256 * 1024;
+
+impl SpillWriter {
+    pub fn new() -> SpillWriter {
+        SpillWriter {
+            bytes: Vec::new(),
+            file: None,
+            len: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.len += bytes.len();
+        if self.bytes.len() + bytes.len() <= self.bytes.capacity() {
+            // The hot path: room in the buffer (which grows only in `write_more`).
+            self.bytes.extend_from_slice(bytes);
+            return Ok(());
+        }
+        self.write_more(bytes)
+    }
+
+    #[cold]
+    fn write_more(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let limit = if self.file.is_some() {
+            SPILL_BUFFER
+        } else {
+            SHARED_ABOVE
+        };
+        if self.bytes.len() + bytes.len() <= limit {
+            self.bytes.extend_from_slice(bytes);
+            return Ok(());
+        }
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => {
+                let fd = memfd_create(
+                    "procpool-payload",
+                    MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+                )?;
+                self.file.insert(File::from(fd))
+            }
+        };
+        file.write_all(&self.bytes)?;
+        self.bytes.clear();
+        if bytes.len() >= SPILL_BUFFER {
+            file.write_all(bytes)
+        } else {
+            self.bytes.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    pub fn finish(self) -> io::Result<Encoded> {
+        let Some(mut file) = self.file else {
+            return Ok(Encoded::Inline(self.bytes));
+        };
+        file.write_all(&self.bytes)?;
+        let fd = OwnedFd::from(file);
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals()))?;
+        Ok(Encoded::Shared { fd, len: self.len })
+    }
+}
+
 /// Seals that make a memfd's contents immutable.
 fn seals() -> SealFlag {
     SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL

@@ -1,7 +1,7 @@
 //! The worker's side: announce the jobs, then run requests until the stream ends.
 
 use std::io::{self, BufReader};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -9,12 +9,13 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::job::Registry;
+use crate::payload::{self, Encoded};
 use crate::protocol::{
     self, DEFAULT_MAX_FRAME, ENV_SUPERVISOR_PID, ENV_WORKER_FD, Hello, Outcome, ProtocolError,
     Reply, Request,
 };
 use crate::slots::Slots;
-use crate::{payload, sys};
+use crate::sys;
 
 /// True while a job runs; the watchdog only ends the process then (when idle, the
 /// serve loop sees the end of stream itself and exits cleanly).
@@ -120,6 +121,7 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
     let mut slots: Option<Slots> = None;
     // Tasks received so far: the supervisor counts the same way.
     let mut seq = 0u64;
+    let mut shared = None;
     while let Some(body) = protocol::read_frame(&mut reader, DEFAULT_MAX_FRAME)? {
         let request = protocol::decode::<Request>(&body)?;
         if let Some(task) = request.task() {
@@ -175,7 +177,7 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                 job,
                 count,
                 batch,
-            } => run_batch(registry, task, job, count, Ok(&batch)),
+            } => run_batch(registry, task, job, count, Ok(&batch), &mut shared),
             Request::RunBatchShared {
                 task,
                 job,
@@ -202,19 +204,14 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                     job,
                     count,
                     mapped.as_deref().map_err(Clone::clone),
+                    &mut shared,
                 )
             }
         };
-        if let Reply::DoneBatch { task, outcomes } = &reply {
-            if outcomes.len() > payload::SHARED_ABOVE {
-                let memfd = payload::sealed(outcomes)?;
-                let frame = protocol::frame(&Reply::DoneBatchShared {
-                    task: *task,
-                    len: outcomes.len() as u64,
-                })?;
-                payload::send_with_fd(&writer, &frame, memfd.as_raw_fd())?;
-                continue;
-            }
+        if let Some(memfd) = shared.take() {
+            // A large result: its memfd goes with the reply.
+            payload::send_with_fd(&writer, &protocol::frame(&reply)?, memfd.as_raw_fd())?;
+            continue;
         }
         let failed_init = matches!(reply, Reply::InitFailed { .. });
         protocol::write_frame(&mut writer, &protocol::frame(&reply)?)?;
@@ -226,12 +223,15 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
 }
 
 /// Runs a batch (`batch` is its encoded arguments, or why they could not be read).
+/// Outcomes too large for the stream are in a memfd, left in `shared` to go with the
+/// reply.
 fn run_batch(
     registry: &Registry,
     task: u64,
     job: u32,
     count: u32,
     batch: Result<&[u8], String>,
+    shared: &mut Option<OwnedFd>,
 ) -> Reply {
     let ran = match (registry.get(job), batch) {
         (Some(entry), Ok(batch)) => run_busy(|| entry.call_batch(batch)),
@@ -239,10 +239,17 @@ fn run_batch(
         (_, Err(message)) => Err(message),
     };
     match ran {
-        Ok(outcomes) => Reply::DoneBatch {
+        Ok(Encoded::Inline(outcomes)) => Reply::DoneBatch {
             task,
             outcomes: outcomes.into(),
         },
+        Ok(Encoded::Shared { fd, len }) => {
+            *shared = Some(fd);
+            Reply::DoneBatchShared {
+                task,
+                len: len as u64,
+            }
+        }
         Err(message) => Reply::Done {
             task,
             outcomes: vec![Outcome::Codec(message); count as usize],
