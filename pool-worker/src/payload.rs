@@ -271,6 +271,41 @@ mod tests {
     }
 
     #[test]
+    fn payloads_past_the_threshold_are_encoded_into_a_sealed_memfd() {
+        use crate::Codec;
+        let small: Vec<u64> = (0..1000).collect();
+        match Codec::encode_payload(&small).unwrap() {
+            Encoded::Inline(bytes) => {
+                assert_eq!(Codec::Bincode.decode::<Vec<u64>>(&bytes).unwrap(), small)
+            }
+            other => panic!("a small payload went to shared memory: {other:?}"),
+        }
+        // Many small writes (one per integer) and one large one (a byte string).
+        let many: Vec<u64> = (0..(3 * SHARED_ABOVE as u64 / 8)).collect();
+        let large = serde_bytes::ByteBuf::from(vec![9u8; 2 * SHARED_ABOVE]);
+        for (encoded, check) in [
+            (
+                Codec::encode_payload(&many).unwrap(),
+                Box::new(|b: &[u8]| Codec::Bincode.decode::<Vec<u64>>(b).unwrap() == many)
+                    as Box<dyn Fn(&[u8]) -> bool>,
+            ),
+            (
+                Codec::encode_payload(&large).unwrap(),
+                Box::new(|b: &[u8]| {
+                    Codec::Bincode.decode::<serde_bytes::ByteBuf>(b).unwrap() == large
+                }),
+            ),
+        ] {
+            let Encoded::Shared { fd, len } = encoded else {
+                panic!("a large payload stayed in memory");
+            };
+            let mapped = map(&fd).unwrap();
+            assert_eq!(mapped.len(), len);
+            assert!(check(&mapped), "the payload decodes to what was encoded");
+        }
+    }
+
+    #[test]
     fn a_descriptor_rides_with_its_bytes() {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let fd = sealed(b"shared").unwrap();
