@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -18,6 +19,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::JobError;
 use crate::pool::Shared;
+
+/// How long a waiter looks for a result before it sleeps.
+const SPIN: Duration = Duration::from_micros(100);
 
 /// One argument's raw outcome: the encoded result, or why there is none.
 pub(crate) type RawOutcome = Result<Vec<u8>, JobError>;
@@ -166,6 +170,8 @@ enum State<T> {
 pub(crate) struct Slot<T> {
     state: Mutex<State<T>>,
     done: Condvar,
+    /// Set with the result, for waiters that look before they sleep.
+    ready: AtomicBool,
 }
 
 impl<T> Slot<T> {
@@ -176,6 +182,7 @@ impl<T> Slot<T> {
                 waker: None,
             }),
             done: Condvar::new(),
+            ready: AtomicBool::new(false),
         })
     }
 
@@ -218,6 +225,7 @@ impl<T> Slot<T> {
                 }
                 _ => {
                     *state = State::Ready(result);
+                    self.ready.store(true, Ordering::Release);
                     break;
                 }
             }
@@ -254,6 +262,12 @@ impl<T> Slot<T> {
 
     /// Waits until ready or `deadline`; returns the guard and whether it is ready.
     fn wait_until(&self, deadline: Option<Instant>) -> (MutexGuard<'_, State<T>>, bool) {
+        // A reply often comes within tens of microseconds: look for it, letting other
+        // threads run, before going to sleep (a sleep and a wake-up cost about as much).
+        let spin_until = Instant::now() + SPIN;
+        while !self.ready.load(Ordering::Acquire) && Instant::now() < spin_until {
+            std::thread::yield_now();
+        }
         let state = wait_while(&self.done, self.lock(), deadline, |s| !Self::is_ready(s));
         let ready = Self::is_ready(&state);
         (state, ready)
