@@ -63,6 +63,11 @@ fn a_thousand_restarts_leak_no_descriptor_thread_or_zombie() {
 
     close_and_check(pool);
     assert_eq!(open_fds(), fds, "descriptors after the pool is gone");
-    assert_eq!(threads(), tasks, "threads after the pool is gone");
+    // The supervisor thread has said it finished; it may take a moment to exit.
+    assert!(
+        eventually(|| threads() == tasks),
+        "threads after the pool is gone: {} (before: {tasks})",
+        threads()
+    );
     assert!(zombie_children().is_empty());
 }

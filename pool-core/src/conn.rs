@@ -6,7 +6,7 @@
 //! stall the other workers.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
@@ -17,6 +17,10 @@ use pool_worker::protocol::ProtocolError;
 const READ_CHUNK: usize = 64 * 1024;
 /// Most bytes one [`Conn::fill`] reads.
 const READ_BUDGET: usize = 4 * 1024 * 1024;
+/// Frames written with one `writev` at most.
+const MAX_FRAMES_PER_WRITE: usize = 64;
+/// A buffer grown past this by a large message shrinks back once it is read.
+const SHRINK_ABOVE: usize = 4 * 1024 * 1024;
 /// Descriptors received ahead of the frames that take them, at most.
 const MAX_PENDING_FDS: usize = 16;
 
@@ -24,7 +28,9 @@ pub(crate) struct Conn {
     pub stream: UnixStream,
     /// Descriptors received with the stream's bytes (shared results), oldest first.
     fds: VecDeque<OwnedFd>,
+    /// Received bytes in `inbox[..filled]`; the rest is room for the next read.
     inbox: Vec<u8>,
+    filled: usize,
     /// Start of the first unread byte in `inbox`.
     consumed: usize,
     outbox: VecDeque<Arc<[u8]>>,
@@ -50,6 +56,7 @@ impl Conn {
             stream,
             fds: VecDeque::new(),
             inbox: Vec::new(),
+            filled: 0,
             consumed: 0,
             outbox: VecDeque::new(),
             written: 0,
@@ -62,48 +69,45 @@ impl Conn {
     /// the frames out and call again (the stream is edge-triggered).
     pub fn fill(&mut self) -> io::Result<ReadEnd> {
         if self.consumed > 0 {
-            self.inbox.drain(..self.consumed);
+            self.inbox.copy_within(self.consumed..self.filled, 0);
+            self.filled -= self.consumed;
             self.consumed = 0;
+            if self.inbox.len() > SHRINK_ABOVE && self.filled < READ_CHUNK {
+                self.inbox.truncate(READ_CHUNK);
+                self.inbox.shrink_to_fit();
+            }
         }
-        let start = self.inbox.len();
+        let start = self.filled;
         loop {
-            let len = self.inbox.len();
-            if len - start >= READ_BUDGET {
+            let filled = self.filled;
+            if filled - start >= READ_BUDGET {
                 return Ok(ReadEnd::More);
             }
-            self.inbox.resize(len + READ_CHUNK, 0);
+            // Zeroed once and reused: no clearing of a fresh chunk on every read.
+            if self.inbox.len() < filled + READ_CHUNK {
+                self.inbox.resize(filled + READ_CHUNK, 0);
+            }
             let mut received = Vec::new();
             let read = payload::recv_with_fds(
                 self.stream.as_raw_fd(),
-                &mut self.inbox[len..],
+                &mut self.inbox[filled..],
                 &mut received,
             );
             self.fds.extend(received);
             if self.fds.len() > MAX_PENDING_FDS {
-                self.inbox.truncate(len);
                 return Err(io::Error::other(
                     "the worker sent descriptors without replies",
                 ));
             }
             match read {
-                Ok(0) => {
-                    self.inbox.truncate(len);
-                    return Ok(ReadEnd::Closed);
-                }
-                Ok(n) => self.inbox.truncate(len + n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.inbox.truncate(len);
-                    return Ok(ReadEnd::Open);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.inbox.truncate(len),
+                Ok(0) => return Ok(ReadEnd::Closed),
+                Ok(n) => self.filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadEnd::Open),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    self.inbox.truncate(len);
                     return Ok(ReadEnd::Closed);
                 }
-                Err(e) => {
-                    self.inbox.truncate(len);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -111,7 +115,7 @@ impl Conn {
     /// The next complete frame's body, if one has arrived. A length prefix above the
     /// limit is an error at once, before any of that length is buffered.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, ProtocolError> {
-        let pending = &self.inbox[self.consumed..];
+        let pending = &self.inbox[self.consumed..self.filled];
         if pending.len() < 4 {
             return Ok(None);
         }
@@ -137,7 +141,7 @@ impl Conn {
 
     /// Bytes received that do not make a complete frame yet.
     pub fn partial_bytes(&self) -> usize {
-        self.inbox.len() - self.consumed
+        self.filled - self.consumed
     }
 
     /// Queues a frame; call [`Conn::flush`] to send it.
@@ -147,11 +151,24 @@ impl Conn {
 
     /// Writes queued frames until done or the socket is full.
     pub fn flush(&mut self) -> io::Result<()> {
-        while let Some(front) = self.outbox.front() {
-            match self.stream.write(&front[self.written..]) {
-                Ok(n) => {
-                    self.written += n;
-                    if self.written == front.len() {
+        while !self.outbox.is_empty() {
+            // Several queued frames go in one system call.
+            let slices: Vec<IoSlice<'_>> = self
+                .outbox
+                .iter()
+                .take(MAX_FRAMES_PER_WRITE)
+                .enumerate()
+                .map(|(i, f)| IoSlice::new(if i == 0 { &f[self.written..] } else { f }))
+                .collect();
+            match self.stream.write_vectored(&slices) {
+                Ok(mut n) => {
+                    while let Some(front) = self.outbox.front() {
+                        let left = front.len() - self.written;
+                        if n < left {
+                            self.written += n;
+                            break;
+                        }
+                        n -= left;
                         self.outbox.pop_front();
                         self.written = 0;
                     }

@@ -111,7 +111,9 @@ impl<'a, I: 'a, O: Send + 'static> Imap<'a, I, O> {
     }
 
     fn top_up(&mut self) {
-        while !self.exhausted && self.in_flight < self.max_in_flight {
+        // Parts that came back ahead of their turn are not yielded yet either: they
+        // count against the bound too, or fast workers would let reading run ahead.
+        while !self.exhausted && self.in_flight + self.early.len() < self.max_in_flight {
             let chunk: Vec<I> = self.inputs.by_ref().take(self.chunksize).collect();
             if chunk.is_empty() {
                 self.exhausted = true;
