@@ -4,8 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 use super::SyncError;
 use super::region::{self, DATA, Kind};
 use crate::sys::shm::{Mapping, futex_wake};
@@ -80,16 +78,4 @@ impl std::fmt::Debug for Event {
     }
 }
 
-impl Serialize for Event {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        region::serialize(&self.map, s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Event {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Event {
-            map: region::deserialize(d, Kind::Event, 0)?,
-        })
-    }
-}
+region::serde_by_region!(Event, Kind::Event);

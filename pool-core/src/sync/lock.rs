@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 use super::SyncError;
 use super::region::{self, DATA, Kind};
 use crate::sys::shm::{Held, Mapping};
@@ -98,16 +96,4 @@ impl std::fmt::Debug for LockGuard<'_> {
     }
 }
 
-impl Serialize for Lock {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        region::serialize(&self.map, s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Lock {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Lock {
-            map: region::deserialize(d, Kind::Lock, 0)?,
-        })
-    }
-}
+region::serde_by_region!(Lock, Kind::Lock);

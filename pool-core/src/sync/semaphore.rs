@@ -4,8 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 use super::SyncError;
 use super::region::{self, DATA, Kind};
 use crate::sys::shm::{Mapping, futex_wake};
@@ -166,16 +164,4 @@ impl std::fmt::Debug for Semaphore {
     }
 }
 
-impl Serialize for Semaphore {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        region::serialize(&self.map, s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Semaphore {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Semaphore {
-            map: region::deserialize(d, Kind::Semaphore, 0)?,
-        })
-    }
-}
+region::serde_by_region!(Semaphore, Kind::Semaphore);
