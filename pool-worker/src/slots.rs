@@ -10,10 +10,11 @@
 //! elsewhere).
 //!
 //! Slots are indexed by the task's place among the tasks sent to this worker (both
-//! sides count them, in order), modulo the page's word count (twice [`SLOTS`]). A worker has at most [`SLOTS`] tasks
-//! in flight, and revoked tasks it has not yet passed are fewer than that, so a slot
-//! is never reused before the worker has passed the task that had it. Each word also
-//! holds the task id, and only an exact match acts.
+//! sides count them, in order), modulo the page's word count (twice [`SLOTS`]). A
+//! worker has at most [`SLOTS`] tasks in flight, and revoked tasks it has not yet
+//! passed are fewer than that, so a slot is never reused before the worker has passed
+//! the task that had it. Each word also holds the task id, and only an exact match
+//! acts.
 
 use std::fs::OpenOptions;
 use std::io;
