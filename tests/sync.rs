@@ -490,3 +490,15 @@ fn a_handle_decoded_as_another_type_or_after_its_sender_dropped_it_is_an_error()
         .expect_err("sender dropped it");
     assert!(gone.contains("keep its handle"), "{gone}");
 }
+
+#[test]
+fn a_consumer_killed_before_or_after_opening_its_queue_leaves_no_phantom_holder() {
+    let q = Queue::<u64>::new().expect("queue");
+    // Killed at once: it may die before it opened its copy, whose hold then ends when
+    // it is reaped, or after, when its registration dies with it.
+    let consumer = Process::spawn(drain, q.clone()).expect("consumer");
+    consumer.kill();
+    assert_eq!(consumer.join(), -9);
+    assert_eq!(q.get_timeout(PATIENCE), Err(SyncError::Disconnected));
+    assert_gone(&[consumer.pid()]);
+}

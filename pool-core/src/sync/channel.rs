@@ -45,6 +45,8 @@ const HOLDS_AT: usize = SLOTS_AT + MAX_HOLDERS * SLOT_BYTES;
 const MAX_HOLDS: usize = 64;
 const RINGS_AT: usize = 4096;
 const LEN_PREFIX: usize = 4;
+/// How long releasing an in-flight hold waits for the region's lock.
+const HOLD_RELEASE_WAIT: Duration = Duration::from_millis(100);
 /// How often a blocked waiter looks whether its peers are still alive.
 const PEER_TICK: Duration = Duration::from_millis(50);
 
@@ -493,10 +495,22 @@ pub(crate) struct Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        {
-            let _held = self.channel.map.lock();
-            self.channel.release_hold(self.token);
-        }
+        // Holds are dropped on the pool's supervisor thread (with their task), which
+        // must not wait long on a lock that a stopped (not dead) process holds. If the
+        // lock does not come in time the hold stays: it ends with this process.
+        let Some(held) = self
+            .channel
+            .map
+            .lock_until(Instant::now() + HOLD_RELEASE_WAIT)
+        else {
+            tracing::warn!(
+                token = self.token,
+                "a queue's lock stayed held; its hold stays"
+            );
+            return;
+        };
+        self.channel.release_hold(self.token);
+        drop(held);
         for lane in 0..self.channel.lanes() {
             self.channel.notify(lane);
         }
