@@ -142,6 +142,25 @@ fn a_worker_that_breaks_the_protocol_fails_its_task_and_is_replaced() {
 }
 
 #[test]
+fn a_map_whose_later_input_does_not_encode_fails_as_a_whole_and_the_pool_goes_on() {
+    let pool = pool(2);
+    let inputs = (0..50)
+        .map(Encodes::Fine)
+        .chain([Encodes::Refuses])
+        .collect::<Vec<_>>();
+    // The first tasks are already on their way when the last input fails to encode.
+    assert!(matches!(
+        pool.map_chunked(fine_value, inputs, 1),
+        Err(JobError::Codec { message }) if message.contains("refuses")
+    ));
+    let fine = pool
+        .map_chunked(fine_value, (0..50).map(Encodes::Fine), 1)
+        .expect("the pool goes on");
+    assert_eq!(fine, (0..50).collect::<Vec<u64>>());
+    close_and_check(pool);
+}
+
+#[test]
 fn bad_input_is_a_named_error_and_affects_nothing_else() {
     let pool = Pool::builder()
         .processes(2)

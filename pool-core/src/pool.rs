@@ -714,6 +714,10 @@ pub(crate) fn batch_request(
     ))
 }
 
+/// Encoded task bytes sent to the supervisor together, at most (besides the first
+/// task and large ones, which go at once).
+const SUBMIT_BATCH_BYTES: usize = 64 * 1024;
+
 /// Python's default chunk size for `map`: `len / (4 * processes)`, rounded up.
 pub fn default_chunksize(len: usize, processes: usize) -> usize {
     len.div_ceil(4 * processes.max(1)).max(1)
@@ -902,13 +906,33 @@ impl Pool {
         let chunks: Vec<&[J::Input]> = inputs.chunks(chunksize.max(1)).collect();
         let sink = Arc::new(CollectSink::new(chunks.len(), decode, finish, slot.clone()));
         let spec = TaskSpec::typed::<J>(index, options);
-        let tasks = chunks
-            .into_iter()
-            .enumerate()
-            .map(|(part, chunk)| self.task(&spec, encode_all(chunk)?, sink.clone(), part))
-            .collect::<Result<Vec<_>, _>>()?;
-        let ids = tasks.iter().map(|t| t.id).collect();
-        self.shared.send(Command::Submit(tasks))?;
+        // Tasks go to the supervisor as they are encoded, a few at a time, so workers
+        // start on the first chunks while later ones are still being encoded.
+        let mut ids = Vec::with_capacity(chunks.len());
+        let mut pending = Vec::new();
+        let mut pending_bytes = 0;
+        let last = chunks.len() - 1;
+        for (part, chunk) in chunks.into_iter().enumerate() {
+            let sent = encode_all(chunk)
+                .and_then(|a| self.task(&spec, a, sink.clone(), part))
+                .and_then(|task| {
+                    ids.push(task.id);
+                    pending_bytes += task.frame.len();
+                    let large = task._shared.is_some();
+                    pending.push(task);
+                    if part == 0 || part == last || large || pending_bytes >= SUBMIT_BATCH_BYTES {
+                        pending_bytes = 0;
+                        self.submit(std::mem::take(&mut pending))
+                    } else {
+                        Ok(())
+                    }
+                });
+            if let Err(e) = sent {
+                // The submission fails as a whole: what was sent of it is of no use now.
+                self.shared.cancel(ids);
+                return Err(e);
+            }
+        }
         Ok(AsyncResult::new(slot, self.canceller(ids)))
     }
 

@@ -146,6 +146,33 @@ impl Serialize for Unserializable {
     }
 }
 
+/// An argument whose `Refuses` variant cannot be encoded.
+#[derive(Debug, Deserialize)]
+pub enum Encodes {
+    Fine(u64),
+    Refuses,
+}
+
+impl Serialize for Encodes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Encodes::Fine(n) => s.serialize_newtype_variant("Encodes", 0, "Fine", n),
+            Encodes::Refuses => Err(serde::ser::Error::custom(
+                "this value refuses to be serialized",
+            )),
+        }
+    }
+}
+
+/// The number inside a `Fine`.
+#[job]
+pub fn fine_value(e: Encodes) -> u64 {
+    match e {
+        Encodes::Fine(n) => n,
+        Encodes::Refuses => u64::MAX,
+    }
+}
+
 /// Returns a result that cannot be encoded.
 #[job]
 pub fn unencodable() -> Unserializable {
