@@ -5,17 +5,24 @@
 //!
 //! cargo run --example counter
 
-use procpool::{Event, Lock, Process, Semaphore, Value};
+use procpool::{Event, Lock, Process, Semaphore, SyncError, Value};
 
 /// `n` increments, each a separate read and write, under `lock` when there is one.
 #[procpool::job]
-fn count(counter: Value<u64>, lock: Option<Lock>, ready: Semaphore, go: Event, n: u64) {
-    let _ = ready.release();
-    go.wait();
+fn count(
+    counter: Value<u64>,
+    lock: Option<Lock>,
+    ready: Semaphore,
+    go: Event,
+    n: u64,
+) -> Result<(), SyncError> {
+    ready.release()?;
+    go.wait()?;
     for _ in 0..n {
         let _guard = lock.as_ref().map(Lock::lock);
         counter.set(counter.get() + 1);
     }
+    Ok(())
 }
 
 /// `n` atomic increments: no lock needed.
@@ -41,7 +48,7 @@ fn run(counter: &Value<u64>, lock: Option<Lock>) -> Result<u64, Box<dyn std::err
         })
         .collect::<Result<Vec<_>, _>>()?;
     for _ in &workers {
-        ready.acquire().forget();
+        ready.acquire()?.forget();
     }
     go.set();
     for w in &workers {

@@ -98,10 +98,20 @@ fn echo_double(end: Pipe<u64>) -> Result<u64, String> {
 
 /// Waits for `go`, then sets `done`.
 #[job]
-fn relay(go: Event, done: Event) -> bool {
-    let ok = go.wait_timeout(Duration::from_secs(60));
+fn relay(go: Event, done: Event) -> Result<bool, String> {
+    let ok = go
+        .wait_timeout(Duration::from_secs(60))
+        .map_err(|e| e.to_string())?;
     done.set();
-    ok
+    Ok(ok)
+}
+
+/// Holds an event and a semaphore, says so, and does nothing until killed.
+#[job]
+fn hold_and_hang(event: Event, permits: Semaphore, ready: Event) {
+    ready.set();
+    std::thread::sleep(Duration::from_secs(600));
+    drop((event, permits));
 }
 
 /// Takes the lock, says so, and holds it until killed.
@@ -123,13 +133,20 @@ fn panic_holding(lock: Lock) {
 /// write (which without the lock would lose updates). Starts when `go` is set, after
 /// signalling `ready`, so that the processes really overlap.
 #[job]
-fn count_with_lock(counter: Value<u64>, lock: Lock, ready: Semaphore, go: Event, n: u64) {
-    let _ = ready.release();
-    go.wait();
+fn count_with_lock(
+    counter: Value<u64>,
+    lock: Lock,
+    ready: Semaphore,
+    go: Event,
+    n: u64,
+) -> Result<(), String> {
+    ready.release().map_err(|e| e.to_string())?;
+    go.wait().map_err(|e| e.to_string())?;
     for _ in 0..n {
         let _guard = lock.lock();
         counter.set(counter.get() + 1);
     }
+    Ok(())
 }
 
 /// `n` atomic increments, and `n` under the value's own lock.
@@ -143,14 +160,20 @@ fn count_atomically(counter: Value<u64>, locked: Value<i64>, n: u64) {
 
 /// Enters the semaphore `rounds` times, recording the most holders seen at once.
 #[job]
-fn crowd(permits: Semaphore, inside: Value<u32>, most: Value<u32>, rounds: u32) {
+fn crowd(
+    permits: Semaphore,
+    inside: Value<u32>,
+    most: Value<u32>,
+    rounds: u32,
+) -> Result<(), String> {
     for _ in 0..rounds {
-        let _permit = permits.acquire();
+        let _permit = permits.acquire().map_err(|e| e.to_string())?;
         let now = inside.fetch_add(1) + 1;
         most.update(|m| m.max(now));
         std::thread::sleep(Duration::from_millis(5));
         inside.fetch_sub(1);
     }
+    Ok(())
 }
 
 /// Fills element `i` of each row with `i * 10 + row`.
@@ -321,7 +344,7 @@ fn recv_on_a_pipe_whose_peer_died_is_disconnected() {
     let (near, far) = Pipe::<u64>::pair().expect("pipe");
     let ready = Event::new().expect("event");
     let holder = Process::spawn(hold_pipe, (far, ready.clone())).expect("holder");
-    assert!(ready.wait_timeout(PATIENCE));
+    assert_eq!(ready.wait_timeout(PATIENCE), Ok(true));
     assert_eq!(near.try_recv(), Err(SyncError::Empty));
     holder.kill();
     assert_eq!(near.recv_timeout(PATIENCE), Err(SyncError::Disconnected));
@@ -333,9 +356,9 @@ fn recv_on_a_pipe_whose_peer_died_is_disconnected() {
 fn events_cross_processes_both_ways() {
     let (go, done) = (Event::new().expect("event"), Event::new().expect("event"));
     let child = Process::spawn(relay, (go.clone(), done.clone())).expect("child");
-    assert!(!done.wait_timeout(Duration::from_millis(50)));
+    assert_eq!(done.wait_timeout(Duration::from_millis(50)), Ok(false));
     go.set();
-    assert!(done.wait_timeout(PATIENCE));
+    assert_eq!(done.wait_timeout(PATIENCE), Ok(true));
     assert_eq!(child.result(), Ok(true));
     go.clear();
     assert!(!go.is_set());
@@ -343,11 +366,39 @@ fn events_cross_processes_both_ways() {
 }
 
 #[test]
+fn waits_on_an_event_or_semaphore_whose_other_holders_died_are_disconnected() {
+    let (event, permits) = (
+        Event::new().expect("event"),
+        Semaphore::new(0).expect("sem"),
+    );
+    let ready = Event::new().expect("event");
+    let holder = Process::spawn(
+        hold_and_hang,
+        (event.clone(), permits.clone(), ready.clone()),
+    )
+    .expect("holder");
+    assert_eq!(ready.wait_timeout(PATIENCE), Ok(true));
+    // While the holder lives, it could set or release: the waits time out.
+    assert_eq!(event.wait_timeout(Duration::from_millis(100)), Ok(false));
+    assert_eq!(
+        permits.acquire_timeout(Duration::from_millis(100)).err(),
+        Some(SyncError::Timeout)
+    );
+    holder.kill();
+    assert_eq!(event.wait_timeout(PATIENCE), Err(SyncError::Disconnected));
+    assert_eq!(
+        permits.acquire_timeout(PATIENCE).err(),
+        Some(SyncError::Disconnected)
+    );
+    assert_gone(&[holder.pid()]);
+}
+
+#[test]
 fn a_lock_whose_holder_was_killed_is_taken_over_and_says_so() {
     let lock = Lock::new().expect("lock");
     let locked = Event::new().expect("event");
     let holder = Process::spawn(hold_lock, (lock.clone(), locked.clone())).expect("holder");
-    assert!(locked.wait_timeout(PATIENCE));
+    assert_eq!(locked.wait_timeout(PATIENCE), Ok(true));
     assert_eq!(
         lock.lock_timeout(Duration::from_millis(50)).err(),
         Some(SyncError::Timeout)

@@ -7,9 +7,7 @@
 //! ```text
 //! 16 ring size (bytes, a power of two)   20 lanes (1 or 2)   24 capacity (items, 0: none)
 //! 32 lane 0, 64 lane 1: seq u32, sleepers u32, put u64, get u64, done u32
-//! 28 last hold token u32
-//! 96 holder slots: pid u32, end u32, count u32, unused u32
-//! 2144 in-flight holds: token u32, sender pid u32, end u32, unused u32
+//! 96 the holder table (`holders`)
 //! 4096 ring of lane 0, then ring of lane 1
 //! ```
 //!
@@ -20,47 +18,28 @@
 //! over from the dead holder. Waiters sleep on the lane's `seq`, which every change
 //! bumps, and wake at least every 50 ms to see whether a peer died.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::SyncError;
+use super::holders::{Peer, peer_alive};
 use super::region::{self, FIELDS, Kind};
-use crate::sys::shm::{Held, Mapping, futex_wake, process_alive};
+use crate::sys::shm::{Held, Mapping, futex_wake};
 
 const RING_SIZE: usize = FIELDS;
 const LANES: usize = FIELDS + 4;
 const CAPACITY: usize = FIELDS + 8;
-const LAST_TOKEN: usize = FIELDS + 12;
 const LANE0: usize = 32;
 const LANE_BYTES: usize = 32;
-const SLOTS_AT: usize = 96;
-const SLOT_BYTES: usize = 16;
-/// Processes (per end) that can hold handles at once; slots of dead processes are
-/// reused.
-pub(crate) const MAX_HOLDERS: usize = 128;
-const HOLDS_AT: usize = SLOTS_AT + MAX_HOLDERS * SLOT_BYTES;
-/// Handles in flight at once; beyond that a sent handle is simply not held.
-const MAX_HOLDS: usize = 64;
 const RINGS_AT: usize = 4096;
+const _: () = assert!(super::holders::END <= RINGS_AT);
 const LEN_PREFIX: usize = 4;
-/// How long releasing an in-flight hold waits for the region's lock.
-const HOLD_RELEASE_WAIT: Duration = Duration::from_millis(100);
 /// How often a blocked waiter looks whether its peers are still alive.
 const PEER_TICK: Duration = Duration::from_millis(50);
 
-/// Who is on the other side of a wait, for telling "nothing yet" from "nothing ever".
-#[derive(Clone, Copy)]
-pub(crate) enum Peer {
-    /// Any handle of end 0 other than the caller's own (a queue).
-    AnyOther,
-    /// Any handle of this end (the far end of a pipe).
-    End(u32),
-}
-
-/// A handle's view of a channel region; each `Channel` value counts as one handle of
-/// `end` in the holder table for as long as it lives.
+/// A view of a channel region (the handles that count in its holder table are
+/// `holders::Party` values beside it).
 pub(crate) struct Channel {
     map: Arc<Mapping>,
     ring: u32,
@@ -126,143 +105,6 @@ impl Channel {
 
     fn done(&self, lane: u32) -> &AtomicU32 {
         self.map.u32_at(self.lane(lane) + 24)
-    }
-
-    fn slot(&self, i: usize) -> (&AtomicU32, &AtomicU32, &AtomicU32) {
-        let at = SLOTS_AT + i * SLOT_BYTES;
-        (
-            self.map.u32_at(at),
-            self.map.u32_at(at + 4),
-            self.map.u32_at(at + 8),
-        )
-    }
-
-    /// Counts one more handle of `end` in this process; with a `hold` token, that
-    /// handle is the copy the hold stood for, and the hold ends.
-    pub fn register(&self, end: u32, hold: u32) -> Result<(), SyncError> {
-        let _held = self.map.lock();
-        if hold != 0 {
-            self.release_hold(hold);
-        }
-        let me = std::process::id();
-        let mut free = None;
-        for i in 0..MAX_HOLDERS {
-            let (pid, e, count) = self.slot(i);
-            let (p, c) = (pid.load(Ordering::SeqCst), count.load(Ordering::SeqCst));
-            if p == me && e.load(Ordering::SeqCst) == end {
-                count.store(c + 1, Ordering::SeqCst);
-                return Ok(());
-            }
-            if free.is_none() && (p == 0 || c == 0) {
-                free = Some(i);
-            }
-        }
-        let slot = match free {
-            Some(i) => i,
-            None => (0..MAX_HOLDERS)
-                .find(|&i| !process_alive(self.slot(i).0.load(Ordering::SeqCst)))
-                .ok_or(SyncError::TooManyHolders { max: MAX_HOLDERS })?,
-        };
-        let (pid, e, count) = self.slot(slot);
-        pid.store(me, Ordering::SeqCst);
-        e.store(end, Ordering::SeqCst);
-        count.store(1, Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// Counts one handle of `end` in this process less, and wakes waiters so that they
-    /// see whether their peer is gone.
-    pub fn deregister(&self, end: u32) {
-        {
-            let _held = self.map.lock();
-            let me = std::process::id();
-            for i in 0..MAX_HOLDERS {
-                let (pid, e, count) = self.slot(i);
-                if pid.load(Ordering::SeqCst) == me && e.load(Ordering::SeqCst) == end {
-                    let c = count.load(Ordering::SeqCst);
-                    count.store(c.saturating_sub(1), Ordering::SeqCst);
-                    break;
-                }
-            }
-        }
-        for lane in 0..self.lanes() {
-            self.notify(lane);
-        }
-    }
-
-    fn lanes(&self) -> u32 {
-        (self.map.len() - RINGS_AT) as u32 / self.ring
-    }
-
-    fn hold_slot(&self, i: usize) -> (&AtomicU32, &AtomicU32, &AtomicU32) {
-        let at = HOLDS_AT + i * SLOT_BYTES;
-        (
-            self.map.u32_at(at),
-            self.map.u32_at(at + 4),
-            self.map.u32_at(at + 8),
-        )
-    }
-
-    /// Records a handle of `end` in flight from this process; its token, or 0 when
-    /// the table is full (then the copy is not held).
-    fn add_hold(&self, end: u32) -> u32 {
-        let _held = self.map.lock();
-        let free = (0..MAX_HOLDS).find(|&i| {
-            let (token, pid, _) = self.hold_slot(i);
-            token.load(Ordering::SeqCst) == 0 || !process_alive(pid.load(Ordering::SeqCst))
-        });
-        let Some(i) = free else {
-            return 0;
-        };
-        let last = self.map.u32_at(LAST_TOKEN);
-        let mut next = last.load(Ordering::SeqCst).wrapping_add(1);
-        if next == 0 {
-            next = 1;
-        }
-        last.store(next, Ordering::SeqCst);
-        let (token, pid, e) = self.hold_slot(i);
-        pid.store(std::process::id(), Ordering::SeqCst);
-        e.store(end, Ordering::SeqCst);
-        token.store(next, Ordering::SeqCst);
-        next
-    }
-
-    /// Ends the hold `token` if it is still there; with the lock held.
-    fn release_hold(&self, token: u32) {
-        for i in 0..MAX_HOLDS {
-            let (t, _, _) = self.hold_slot(i);
-            if t.load(Ordering::SeqCst) == token {
-                t.store(0, Ordering::SeqCst);
-            }
-        }
-    }
-
-    /// Whether some handle other than the caller's could still act on the channel: a
-    /// live process's handle of the end, or a copy in flight from a live process.
-    fn peer_alive(&self, _held: &Held<'_>, peer: Peer) -> bool {
-        let me = std::process::id();
-        let (end, mine_excluded) = match peer {
-            Peer::AnyOther => (0, 1),
-            Peer::End(end) => (end, 0),
-        };
-        let alive = |pid: u32| pid == me || process_alive(pid);
-        let mut live = 0u64;
-        for i in 0..MAX_HOLDERS {
-            let (pid, e, count) = self.slot(i);
-            let c = count.load(Ordering::SeqCst);
-            if c > 0 && e.load(Ordering::SeqCst) == end && alive(pid.load(Ordering::SeqCst)) {
-                live += u64::from(c);
-                if live > mine_excluded {
-                    return true;
-                }
-            }
-        }
-        (0..MAX_HOLDS).any(|i| {
-            let (token, pid, e) = self.hold_slot(i);
-            token.load(Ordering::SeqCst) != 0
-                && e.load(Ordering::SeqCst) == end
-                && alive(pid.load(Ordering::SeqCst))
-        })
     }
 
     fn notify(&self, lane: u32) {
@@ -359,7 +201,7 @@ impl Channel {
         loop {
             let held = self.lock_until(deadline)?;
             // A pipe end does not send into the void: Python raises BrokenPipeError.
-            if matches!(peer, Peer::End(_)) && !self.peer_alive(&held, peer) {
+            if matches!(peer, Peer::End(_)) && !peer_alive(&self.map, &held, peer) {
                 return Err(SyncError::Disconnected);
             }
             let (tail, puts, head, gets) = self.state(lane)?;
@@ -376,7 +218,7 @@ impl Channel {
                 self.notify(lane);
                 return Ok(());
             }
-            if waits && !self.peer_alive(&held, peer) {
+            if waits && !peer_alive(&self.map, &held, peer) {
                 return Err(SyncError::Disconnected);
             }
             let seq = self.seq(lane).load(Ordering::SeqCst);
@@ -421,7 +263,7 @@ impl Channel {
                 self.notify(lane);
                 return Ok(message);
             }
-            if waits && !self.peer_alive(&held, peer) {
+            if waits && !peer_alive(&self.map, &held, peer) {
                 return Err(SyncError::Disconnected);
             }
             let seq = self.seq(lane).load(Ordering::SeqCst);
@@ -461,7 +303,7 @@ impl Channel {
             if self.done(lane).load(Ordering::SeqCst) == puts {
                 return Ok(());
             }
-            if !self.peer_alive(&held, peer) {
+            if !peer_alive(&self.map, &held, peer) {
                 return Err(SyncError::Disconnected);
             }
             let seq = self.seq(lane).load(Ordering::SeqCst);
@@ -478,90 +320,43 @@ fn waits(deadline: Option<Instant>, peer: Peer) -> bool {
     matches!(peer, Peer::End(_)) || deadline.is_none_or(|d| d > Instant::now())
 }
 
-thread_local! {
-    /// Holds taken for handles serialized while [`collect_holds`] runs on this thread.
-    static HOLDS: RefCell<Option<Vec<Hold>>> = const { RefCell::new(None) };
-}
-
-/// A handle in flight to another process (in a task's or a `Process`'s argument),
-/// counted as live from the moment it is sent until the receiver opens its copy
-/// (which ends the hold) or, if it never does, until the task resolves or the process
-/// is reaped (when this guard drops). Without it, the far side would look gone while
-/// the copy travels, and a receiver that dies before opening it would look alive.
-pub(crate) struct Hold {
-    channel: Channel,
-    token: u32,
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        // Holds are dropped on the pool's supervisor thread (with their task), which
-        // must not wait long on a lock that a stopped (not dead) process holds. If the
-        // lock does not come in time the hold stays: it ends with this process.
-        let Some(held) = self
-            .channel
-            .map
-            .lock_until(Instant::now() + HOLD_RELEASE_WAIT)
-        else {
-            tracing::warn!(
-                token = self.token,
-                "a queue's lock stayed held; its hold stays"
-            );
-            return;
-        };
-        self.channel.release_hold(self.token);
-        drop(held);
-        for lane in 0..self.channel.lanes() {
-            self.channel.notify(lane);
-        }
+/// Wakes every sleeper of a channel region (a party left: waiters look whether their
+/// peer is gone).
+pub(crate) fn wake_all(map: &Mapping) {
+    let lanes = map.u32_at(LANES).load(Ordering::SeqCst).min(2);
+    for lane in 0..lanes {
+        let seq = map.u32_at(LANE0 + lane as usize * LANE_BYTES);
+        seq.fetch_add(1, Ordering::SeqCst);
+        futex_wake(seq, i32::MAX);
     }
-}
-
-/// Runs `f` (which serializes arguments) and returns, with its result, a hold on every
-/// channel handle it serialized.
-pub(crate) fn collect_holds<R>(f: impl FnOnce() -> R) -> (R, Vec<Hold>) {
-    let previous = HOLDS.with(|h| h.replace(Some(Vec::new())));
-    let r = f();
-    let holds = HOLDS.with(|h| h.replace(previous)).unwrap_or_default();
-    (r, holds)
 }
 
 impl Channel {
-    /// This handle of `end` as it travels: held in flight if a [`collect_holds`] runs.
-    pub fn wire(&self, end: u32) -> region::Wire {
-        let token = HOLDS.with(|h| {
-            let mut holds = h.borrow_mut();
-            let holds = holds.as_mut()?;
-            let token = self.add_hold(end);
-            (token != 0).then(|| {
-                holds.push(Hold {
-                    channel: self.share(),
-                    token,
-                });
-                token
-            })
-        });
-        region::Wire::of(&self.map, token.unwrap_or(0))
-    }
-
-    /// Another view of the same channel (the caller registers it if it is a handle).
+    /// Another view of the same channel.
     pub fn share(&self) -> Channel {
         Channel {
             map: self.map.clone(),
             ring: self.ring,
         }
     }
+
+    pub fn map(&self) -> &Arc<Mapping> {
+        &self.map
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::holders::Party;
     use super::*;
 
     fn channel(ring: usize, capacity: u32) -> Channel {
         let c = Channel::create(Kind::Queue, 0, 1, ring, capacity).expect("region");
-        c.register(0, 0).expect("register");
-        c.register(0, 0)
-            .expect("a second handle, so waits are not disconnected");
+        // Two handles, so waits are not disconnected.
+        for _ in 0..2 {
+            let party = Party::join(c.map().clone(), 0, 0, wake_all).expect("register");
+            std::mem::forget(party);
+        }
         c
     }
 

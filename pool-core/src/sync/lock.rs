@@ -96,4 +96,16 @@ impl std::fmt::Debug for LockGuard<'_> {
     }
 }
 
-region::serde_by_region!(Lock, Kind::Lock);
+impl serde::Serialize for Lock {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        region::serialize(&self.map, s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lock {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Lock {
+            map: region::deserialize(d, Kind::Lock, 0)?,
+        })
+    }
+}

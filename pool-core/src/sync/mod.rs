@@ -16,6 +16,7 @@
 
 mod channel;
 mod event;
+mod holders;
 mod lock;
 mod pipe;
 mod queue;
@@ -26,8 +27,8 @@ mod value;
 use std::sync::atomic::AtomicU32;
 use std::time::Instant;
 
-pub(crate) use channel::{Hold, collect_holds};
 pub use event::Event;
+pub(crate) use holders::{Hold, collect_holds};
 pub use lock::{Lock, LockGuard};
 pub use pipe::Pipe;
 pub use queue::{DEFAULT_BUFFER_BYTES, JoinableQueue, Queue, QueueBuilder};

@@ -9,7 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::SyncError;
-use super::channel::{Channel, Peer};
+use super::channel::{self, Channel};
+use super::holders::{Party, Peer};
 use super::queue::DEFAULT_BUFFER_BYTES;
 use super::region::{self, Kind};
 
@@ -33,6 +34,8 @@ use super::region::{self, Kind};
 /// ```
 pub struct Pipe<T> {
     channel: Channel,
+    /// This end, counted in the pipe's holder table.
+    party: Party,
     /// An end is one party: `Send`, not `Sync`.
     _not_sync: PhantomData<Cell<()>>,
     /// 0 or 1: this end sends on lane `end` and receives on the other.
@@ -89,9 +92,10 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
 
 impl<T> Pipe<T> {
     fn end(channel: Channel, end: u32, hold: u32) -> Result<Pipe<T>, SyncError> {
-        channel.register(end, hold)?;
+        let party = Party::join(channel.map().clone(), end, hold, channel::wake_all)?;
         Ok(Pipe {
             channel,
+            party,
             _not_sync: PhantomData,
             end,
             _t: PhantomData,
@@ -104,12 +108,6 @@ impl<T> Pipe<T> {
     }
 }
 
-impl<T> Drop for Pipe<T> {
-    fn drop(&mut self) {
-        self.channel.deregister(self.end);
-    }
-}
-
 impl<T> std::fmt::Debug for Pipe<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipe").field("end", &self.end).finish()
@@ -118,7 +116,7 @@ impl<T> std::fmt::Debug for Pipe<T> {
 
 impl<T> Serialize for Pipe<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (self.end, self.channel.wire(self.end)).serialize(s)
+        (self.end, self.party.wire()).serialize(s)
     }
 }
 

@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::SyncError;
-use super::channel::{Channel, Peer};
+use super::channel::{self, Channel};
+use super::holders::{Party, Peer};
 use super::region::{self, Kind};
 
 /// The default ring buffer of a queue or pipe lane: 4 MiB of shared memory, touched
@@ -46,6 +47,8 @@ pub const DEFAULT_BUFFER_BYTES: usize = 4 << 20;
 /// ```
 pub struct Queue<T> {
     channel: Channel,
+    /// This handle, counted in the queue's holder table.
+    _party: Party,
     _t: PhantomData<fn(T) -> T>,
     /// A handle is one party: threads share a queue by each holding a clone.
     _not_sync: PhantomData<Cell<()>>,
@@ -184,9 +187,10 @@ impl<T> Queue<T> {
     }
 
     fn from_channel(channel: Channel, hold: u32) -> Result<Queue<T>, SyncError> {
-        channel.register(0, hold)?;
+        let party = Party::join(channel.map().clone(), 0, hold, channel::wake_all)?;
         Ok(Queue {
             channel,
+            _party: party,
             _t: PhantomData,
             _not_sync: PhantomData,
         })
@@ -197,18 +201,14 @@ impl<T> Clone for Queue<T> {
     /// Another handle to the same queue.
     ///
     /// # Panics
-    /// If more than 250 processes already hold handles to the queue.
+    /// If more than 128 other processes already hold handles to the queue.
     fn clone(&self) -> Self {
-        match Queue::from_channel(self.channel.share(), 0) {
-            Ok(q) => q,
-            Err(e) => panic!("cannot clone a queue handle: {e}"),
+        Queue {
+            channel: self.channel.share(),
+            _party: self._party.clone(),
+            _t: PhantomData,
+            _not_sync: PhantomData,
         }
-    }
-}
-
-impl<T> Drop for Queue<T> {
-    fn drop(&mut self) {
-        self.channel.deregister(0);
     }
 }
 
@@ -220,7 +220,7 @@ impl<T> std::fmt::Debug for Queue<T> {
 
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.channel.wire(0).serialize(s)
+        self._party.wire().serialize(s)
     }
 }
 

@@ -104,27 +104,6 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
     open(&wire, kind, tag).map_err(serde::de::Error::custom)
 }
 
-/// `Serialize` and `Deserialize` for a handle type `$ty { map }` of kind `$kind` (no
-/// element type).
-macro_rules! serde_by_region {
-    ($ty:ident, $kind:expr) => {
-        impl serde::Serialize for $ty {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                super::region::serialize(&self.map, s)
-            }
-        }
-
-        impl<'de> serde::Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                Ok($ty {
-                    map: super::region::deserialize(d, $kind, 0)?,
-                })
-            }
-        }
-    };
-}
-pub(crate) use serde_by_region;
-
 /// Opens the region `wire` names, checking its kind and element type.
 pub(crate) fn open(wire: &Wire, kind: Kind, tag: u32) -> Result<Arc<Mapping>, String> {
     let name = kind.name();

@@ -1,10 +1,15 @@
 //! [`Semaphore`]: a counter of permits shared by processes.
 
+use std::cell::Cell;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 use super::SyncError;
+use super::holders::{self, Party, Peer};
 use super::region::{self, DATA, Kind};
 use crate::sys::shm::{Mapping, futex_wake};
 
@@ -12,6 +17,8 @@ const COUNT: usize = DATA;
 /// The most permits a bounded semaphore holds; 0 when unbounded.
 const BOUND: usize = DATA + 4;
 const SLEEPERS: usize = DATA + 8;
+/// How often a waiter looks whether anyone who could release is left.
+const PEER_TICK: Duration = Duration::from_millis(50);
 
 /// A semaphore shared by processes, like `multiprocessing.Semaphore` and
 /// `BoundedSemaphore`: [`acquire`](Semaphore::acquire) takes a permit and returns a
@@ -20,12 +27,18 @@ const SLEEPERS: usize = DATA + 8;
 /// A permit held by a process that dies is lost, as in Python: a semaphore cannot know
 /// whether a permit was taken to be given back or to be kept
 /// ([`SemaphoreGuard::forget`]). Use [`Lock`](crate::Lock) for mutual exclusion that
-/// survives its holder's death.
+/// survives its holder's death. A wait does not hang on holders that are gone: with no
+/// permit free and no other handle alive in any process, nobody can release one, and
+/// `acquire` ends with [`SyncError::Disconnected`].
+///
+/// A handle: clones and copies sent to other processes all refer to the same
+/// semaphore. Each handle is one party, so it is `Send` but not `Sync`: give each
+/// thread a clone.
 ///
 /// ```
 /// let slots = procpool::Semaphore::bounded(2)?;
-/// let a = slots.acquire();
-/// let _b = slots.acquire();
+/// let a = slots.acquire()?;
+/// let _b = slots.acquire()?;
 /// assert!(slots.try_acquire().is_none());
 /// drop(a);
 /// assert_eq!(slots.value(), 1);
@@ -33,9 +46,14 @@ const SLEEPERS: usize = DATA + 8;
 /// assert!(slots.release().is_err()); // above its bound of 2
 /// # Ok::<(), procpool::SyncError>(())
 /// ```
-#[derive(Clone)]
 pub struct Semaphore {
-    map: Arc<Mapping>,
+    party: Party,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+/// Wakes the waiters (a party left: they look whether anyone could release).
+fn wake(map: &Mapping) {
+    futex_wake(map.u32_at(COUNT), i32::MAX);
 }
 
 impl Semaphore {
@@ -51,39 +69,50 @@ impl Semaphore {
     }
 
     fn with_bound(permits: u32, bound: u32) -> Result<Semaphore, SyncError> {
-        let map = region::create(Kind::Semaphore, 0, DATA + 12)?;
+        let map = region::create(Kind::Semaphore, 0, holders::END)?;
         map.u32_at(COUNT).store(permits, Ordering::SeqCst);
         map.u32_at(BOUND).store(bound, Ordering::SeqCst);
-        Ok(Semaphore { map })
+        Semaphore::join(map, 0)
+    }
+
+    fn join(map: Arc<Mapping>, hold: u32) -> Result<Semaphore, SyncError> {
+        Ok(Semaphore {
+            party: Party::join(map, 0, hold, wake)?,
+            _not_sync: PhantomData,
+        })
+    }
+
+    fn map(&self) -> &Mapping {
+        self.party.map()
     }
 
     fn count(&self) -> &AtomicU32 {
-        self.map.u32_at(COUNT)
+        self.map().u32_at(COUNT)
     }
 
-    /// Waits for a permit and takes it.
-    pub fn acquire(&self) -> SemaphoreGuard<'_> {
-        while !self.take(None) {}
-        SemaphoreGuard { semaphore: self }
+    /// Waits for a permit and takes it; [`SyncError::Disconnected`] if none is free
+    /// and nobody is left to release one.
+    pub fn acquire(&self) -> Result<SemaphoreGuard<'_>, SyncError> {
+        self.take(None)?;
+        Ok(SemaphoreGuard { semaphore: self })
     }
 
-    /// Takes a permit if one is free within `timeout`; [`SyncError::Timeout`] otherwise.
+    /// Takes a permit if one is free within `timeout`: [`SyncError::Timeout`]
+    /// otherwise, or [`SyncError::Disconnected`] if nobody is left to release one.
     pub fn acquire_timeout(&self, timeout: Duration) -> Result<SemaphoreGuard<'_>, SyncError> {
-        if self.take(Some(Instant::now() + timeout)) {
-            Ok(SemaphoreGuard { semaphore: self })
-        } else {
-            Err(SyncError::Timeout)
-        }
+        self.take(Some(Instant::now() + timeout))?;
+        Ok(SemaphoreGuard { semaphore: self })
     }
 
     /// Takes a permit if one is free now.
     pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
         self.take(Some(Instant::now()))
-            .then(|| SemaphoreGuard { semaphore: self })
+            .ok()
+            .map(|()| SemaphoreGuard { semaphore: self })
     }
 
-    /// Takes a permit, waiting until `deadline` at most; whether it got one.
-    fn take(&self, deadline: Option<Instant>) -> bool {
+    /// Takes a permit, waiting until `deadline` at most.
+    fn take(&self, deadline: Option<Instant>) -> Result<(), SyncError> {
         let count = self.count();
         loop {
             let c = count.load(Ordering::SeqCst);
@@ -92,24 +121,32 @@ impl Semaphore {
                     .compare_exchange(c, c - 1, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
                 {
-                    return true;
+                    return Ok(());
                 }
                 continue;
             }
-            let sleepers = self.map.u32_at(SLEEPERS);
-            sleepers.fetch_add(1, Ordering::SeqCst);
-            let in_time = super::sleep(count, 0, deadline);
-            sleepers.fetch_sub(1, Ordering::SeqCst);
-            if !in_time {
-                return false;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(SyncError::Timeout);
             }
+            let alone = {
+                let held = self.map().lock();
+                !self.party.peer_alive(&held, Peer::AnyOther)
+            };
+            if alone && count.load(Ordering::SeqCst) == 0 {
+                return Err(SyncError::Disconnected);
+            }
+            let tick = Instant::now() + PEER_TICK;
+            let sleepers = self.map().u32_at(SLEEPERS);
+            sleepers.fetch_add(1, Ordering::SeqCst);
+            super::sleep(count, 0, Some(deadline.map_or(tick, |d| d.min(tick))));
+            sleepers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
     /// Adds a permit (given back, or signalled to a waiter that never held one).
     /// [`SyncError::Overflow`] if a bounded semaphore is already at its bound.
     pub fn release(&self) -> Result<(), SyncError> {
-        let bound = self.map.u32_at(BOUND).load(Ordering::SeqCst);
+        let bound = self.map().u32_at(BOUND).load(Ordering::SeqCst);
         let count = self.count();
         loop {
             let c = count.load(Ordering::SeqCst);
@@ -123,7 +160,7 @@ impl Semaphore {
                 break;
             }
         }
-        if self.map.u32_at(SLEEPERS).load(Ordering::SeqCst) > 0 {
+        if self.map().u32_at(SLEEPERS).load(Ordering::SeqCst) > 0 {
             futex_wake(count, 1);
         }
         Ok(())
@@ -164,4 +201,30 @@ impl std::fmt::Debug for Semaphore {
     }
 }
 
-region::serde_by_region!(Semaphore, Kind::Semaphore);
+impl Clone for Semaphore {
+    /// Another handle to the same semaphore.
+    ///
+    /// # Panics
+    /// If more than 128 other processes already hold handles to the semaphore.
+    fn clone(&self) -> Self {
+        Semaphore {
+            party: self.party.clone(),
+            _not_sync: PhantomData,
+        }
+    }
+}
+
+impl Serialize for Semaphore {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.party.wire().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Semaphore {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let wire = region::Wire::deserialize(d)?;
+        let map = region::open(&wire, Kind::Semaphore, 0).map_err(D::Error::custom)?;
+        Semaphore::join(map, wire.hold).map_err(D::Error::custom)
+    }
+}
