@@ -63,8 +63,8 @@
 //! `multiprocessing.Process`. Processes talk through [`Queue`] / [`JoinableQueue`],
 //! [`Pipe`], [`Event`], [`Lock`], [`Semaphore`], [`Value`] and [`Array`], each a handle
 //! to shared memory that goes to another process as a job argument. None of them
-//! hangs on a dead peer: a lock whose holder died is taken over, and a queue or pipe
-//! whose other side is gone says [`SyncError::Disconnected`].
+//! hangs on a dead peer: a lock whose holder died is taken over, and a queue, pipe,
+//! event or semaphore whose other side is gone says [`SyncError::Disconnected`].
 //!
 //! # Crates
 //!

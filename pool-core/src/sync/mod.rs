@@ -10,7 +10,8 @@
 //! any process holds it and goes away with the last one, however processes end.
 //!
 //! Waits never hang on a dead peer: a lock whose holder died is taken over, and a
-//! queue or pipe whose other side is gone reports [`SyncError::Disconnected`].
+//! queue, pipe, event or semaphore whose other side is gone reports
+//! [`SyncError::Disconnected`] (the holder table in `holders`).
 //!
 //! Linux only (memfd, futex, `/proc`).
 
