@@ -22,7 +22,8 @@ use super::region::{self, Kind};
 /// `recv` once nothing is left to read and no process holding the other end is alive
 /// (within about 50 ms of its death, however it died). An end sent as a task's or a
 /// [`Process`](crate::Process)'s argument counts from the moment it is sent until that
-/// task resolves or that process is reaped.
+/// task resolves or that process is reaped. An end is one party: `Send` but not
+/// `Sync`.
 ///
 /// ```
 /// let (parent, child) = procpool::Pipe::<String>::pair()?;
