@@ -18,6 +18,7 @@
 //! over from the dead holder. Waiters sleep on the lane's `seq`, which every change
 //! bumps, and wake at least every 50 ms to see whether a peer died.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +36,8 @@ const LANE_BYTES: usize = 32;
 const RINGS_AT: usize = 4096;
 const _: () = assert!(super::holders::END <= RINGS_AT);
 const LEN_PREFIX: usize = 4;
+/// How long a waiter looks for a change before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
 /// How often a blocked waiter looks whether its peers are still alive.
 const PEER_TICK: Duration = Duration::from_millis(50);
 
@@ -43,6 +46,11 @@ const PEER_TICK: Duration = Duration::from_millis(50);
 pub(crate) struct Channel {
     map: Arc<Mapping>,
     ring: u32,
+    /// When this handle last looked whether its peers' processes are alive.
+    checked: Cell<Option<Instant>>,
+    /// The far end of this pipe was found gone; it cannot come back (only a holder of
+    /// that end could make another).
+    far_end_gone: Cell<bool>,
 }
 
 impl Channel {
@@ -63,6 +71,8 @@ impl Channel {
         Ok(Channel {
             map,
             ring: ring as u32,
+            checked: Cell::new(None),
+            far_end_gone: Cell::new(false),
         })
     }
 
@@ -80,7 +90,12 @@ impl Channel {
                 map.len()
             ));
         }
-        Ok(Channel { map, ring })
+        Ok(Channel {
+            map,
+            ring,
+            checked: Cell::new(None),
+            far_end_gone: Cell::new(false),
+        })
     }
 
     fn lane(&self, lane: u32) -> usize {
@@ -115,8 +130,38 @@ impl Channel {
         }
     }
 
+    /// Whether the other side is gone. Dropped handles are seen at once; whether the
+    /// processes holding the rest are alive (a system call or two each) is looked at
+    /// no more than once per tick, which is also how often a waiter wakes.
+    fn peer_gone(&self, held: &Held<'_>, peer: Peer) -> bool {
+        if self.far_end_gone.get() {
+            return true;
+        }
+        let now = Instant::now();
+        let check = self
+            .checked
+            .get()
+            .is_none_or(|t| now.saturating_duration_since(t) >= PEER_TICK);
+        if check {
+            self.checked.set(Some(now));
+        }
+        let gone = !peer_alive(&self.map, held, peer, check);
+        if gone && matches!(peer, Peer::End(_)) {
+            self.far_end_gone.set(true);
+        }
+        gone
+    }
+
     /// Sleeps until the lane changes, `deadline`, or the next peer check.
     fn sleep(&self, lane: u32, seq: u32, deadline: Option<Instant>) -> Result<(), SyncError> {
+        // A message often comes within microseconds: look for a change, letting other
+        // threads run, before going to sleep.
+        let spin_until = Instant::now() + SPIN;
+        while self.seq(lane).load(Ordering::SeqCst) == seq
+            && Instant::now() < spin_until.min(deadline.unwrap_or(spin_until))
+        {
+            std::thread::yield_now();
+        }
         let tick = Instant::now() + PEER_TICK;
         let until = deadline.map_or(tick, |d| d.min(tick));
         let sleepers = self.sleepers(lane);
@@ -201,7 +246,7 @@ impl Channel {
         loop {
             let held = self.lock_until(deadline)?;
             // A pipe end does not send into the void: Python raises BrokenPipeError.
-            if matches!(peer, Peer::End(_)) && !peer_alive(&self.map, &held, peer) {
+            if matches!(peer, Peer::End(_)) && self.peer_gone(&held, peer) {
                 return Err(SyncError::Disconnected);
             }
             let (tail, puts, head, gets) = self.state(lane)?;
@@ -218,7 +263,7 @@ impl Channel {
                 self.notify(lane);
                 return Ok(());
             }
-            if waits && !peer_alive(&self.map, &held, peer) {
+            if waits && self.peer_gone(&held, peer) {
                 return Err(SyncError::Disconnected);
             }
             let seq = self.seq(lane).load(Ordering::SeqCst);
@@ -263,7 +308,7 @@ impl Channel {
                 self.notify(lane);
                 return Ok(message);
             }
-            if waits && !peer_alive(&self.map, &held, peer) {
+            if waits && self.peer_gone(&held, peer) {
                 return Err(SyncError::Disconnected);
             }
             let seq = self.seq(lane).load(Ordering::SeqCst);
@@ -303,7 +348,7 @@ impl Channel {
             if self.done(lane).load(Ordering::SeqCst) == puts {
                 return Ok(());
             }
-            if !peer_alive(&self.map, &held, peer) {
+            if self.peer_gone(&held, peer) {
                 return Err(SyncError::Disconnected);
             }
             let seq = self.seq(lane).load(Ordering::SeqCst);
@@ -337,6 +382,8 @@ impl Channel {
         Channel {
             map: self.map.clone(),
             ring: self.ring,
+            checked: Cell::new(None),
+            far_end_gone: Cell::new(false),
         }
     }
 

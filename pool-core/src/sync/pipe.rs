@@ -17,10 +17,12 @@ use super::region::{self, Kind};
 /// One end of a duplex pipe, like a `multiprocessing.Pipe()` connection: what one end
 /// sends, the other receives, in order, in both directions.
 ///
-/// When the other end is gone, the pipe says so instead of hanging: `send` fails with
-/// [`SyncError::Disconnected`] once every handle of the other end was dropped, and
-/// `recv` once nothing is left to read and no process holding the other end is alive
-/// (within about 50 ms of its death, however it died). An end sent as a task's or a
+/// When the other end is gone, the pipe says so instead of hanging: `send` and `recv`
+/// fail with [`SyncError::Disconnected`] once every handle of the other end was
+/// dropped, or the processes holding them were found dead (a handle looks at most
+/// every 50 ms, and a waiting `recv` at least that often; a message sent in between
+/// to a peer that was killed is lost with it). `recv` first takes what is left to
+/// read. An end sent as a task's or a
 /// [`Process`](crate::Process)'s argument counts from the moment it is sent until that
 /// task resolves or that process is reaped. An end is one party: `Send` but not
 /// `Sync`.
