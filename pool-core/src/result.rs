@@ -265,6 +265,7 @@ impl<T> Slot<T> {
         // A reply often comes within tens of microseconds: look for it, letting other
         // threads run, before going to sleep (a sleep and a wake-up cost about as much).
         let spin_until = Instant::now() + SPIN;
+        let spin_until = deadline.map_or(spin_until, |d| d.min(spin_until));
         while !self.ready.load(Ordering::Acquire) && Instant::now() < spin_until {
             std::thread::yield_now();
         }
