@@ -105,10 +105,16 @@ impl Event {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(false);
             }
-            let alone = {
-                let held = self.party.map().lock();
-                !self.party.peer_alive(&held, Peer::AnyOther)
+            // Within the deadline, also when a stopped process holds the region's lock.
+            let held = match deadline {
+                None => self.party.map().lock(),
+                Some(d) => match self.party.map().lock_until(d) {
+                    Some(held) => held,
+                    None => return Ok(self.is_set()),
+                },
             };
+            let alone = !self.party.peer_alive(&held, Peer::AnyOther);
+            drop(held);
             if alone {
                 return if self.is_set() {
                     Ok(true)

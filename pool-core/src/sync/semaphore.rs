@@ -128,10 +128,13 @@ impl Semaphore {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(SyncError::Timeout);
             }
-            let alone = {
-                let held = self.map().lock();
-                !self.party.peer_alive(&held, Peer::AnyOther)
+            // Within the deadline, also when a stopped process holds the region's lock.
+            let held = match deadline {
+                None => self.map().lock(),
+                Some(d) => self.map().lock_until(d).ok_or(SyncError::Timeout)?,
             };
+            let alone = !self.party.peer_alive(&held, Peer::AnyOther);
+            drop(held);
             if alone && count.load(Ordering::SeqCst) == 0 {
                 return Err(SyncError::Disconnected);
             }
