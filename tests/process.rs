@@ -20,6 +20,11 @@ fn a_job_returns_its_value_with_exitcode_zero() {
         p.name()
     );
     assert_eq!(p.result(), Ok(144));
+    assert_eq!(
+        p.result(),
+        Err(JobError::ResultTaken),
+        "the value is handed over once"
+    );
     assert_eq!(p.exitcode(), Some(0));
     assert!(!p.is_alive());
     assert_gone(&[p.pid()]);

@@ -9,6 +9,7 @@
 //! so a signal never reaches a recycled pid. Dropping the handle leaves the keeper to
 //! reap the child: no zombie either way.
 
+use std::any::Any;
 use std::ffi::OsString;
 use std::io;
 use std::marker::PhantomData;
@@ -28,8 +29,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, JobError, LostCause};
 use crate::launch::{self, LaunchSpec, StartMethod};
 use crate::pool::{JobTable, batch_request, launch_spec};
-use crate::result::{Delivery, Payload, decode_delivery};
-use crate::supervisor::raw_outcome;
+use crate::result::{Delivery, decode_values, reply_delivery};
 use crate::sync::{Hold, collect_holds};
 use crate::sys;
 
@@ -142,8 +142,7 @@ impl ProcessBuilder {
             launch,
             start_timeout: self.start_timeout,
             resolve: JobTable::resolve::<J>,
-            succeeded: succeeded::<J::Output>,
-            batch: Some(batch),
+            decode: decode_value::<J::Output>,
             _holds: holds,
             inner: inner.clone(),
         };
@@ -151,7 +150,7 @@ impl ProcessBuilder {
         let span = tracing::info_span!("process", name = %name, pid = tracing::field::Empty);
         std::thread::Builder::new()
             .name(format!("procpool-keeper-{name}"))
-            .spawn(move || span.in_scope(|| keeper.run(started_tx)))?;
+            .spawn(move || span.in_scope(|| keeper.run(started_tx, batch)))?;
         let pid = match started_rx.recv() {
             Ok(Ok(pid)) => pid,
             Ok(Err(e)) => {
@@ -174,9 +173,17 @@ impl ProcessBuilder {
     }
 }
 
-/// Whether a reply carries a value (rather than the job's error or panic).
-fn succeeded<T: DeserializeOwned>(delivery: &Delivery) -> bool {
-    matches!(decode_delivery::<T>(delivery.clone()).first(), Some(Ok(_)))
+/// The job's value in a reply, type-erased for the keeper thread (`T` is the job's
+/// output type; [`Process::result`] takes it back out).
+type Value = Result<Box<dyn Any + Send>, JobError>;
+
+fn decode_value<T: DeserializeOwned + Send + 'static>(delivery: Delivery) -> Value {
+    let value = decode_values::<T>(delivery)?
+        .pop()
+        .ok_or_else(|| JobError::Protocol {
+            message: "no outcome in the reply".into(),
+        })?;
+    Ok(Box::new(value))
 }
 
 /// One job running in a process of its own, like `multiprocessing.Process`.
@@ -223,8 +230,9 @@ struct State {
     /// Set once the process is reaped; its pid may be reused from then on.
     exitcode: Option<i32>,
     peak_rss: Option<u64>,
-    /// What the worker answered, or why there is no answer to wait for.
-    reply: Option<Result<Delivery, JobError>>,
+    /// The job's value, or why there is none; `None` when the process went away
+    /// without answering (its exitcode tells why).
+    reply: Option<Value>,
     /// `terminate` or `kill` was called before the end.
     stopped: bool,
 }
@@ -326,23 +334,27 @@ impl<T> Process<T> {
     }
 }
 
-impl<T: DeserializeOwned> Process<T> {
+impl<T: 'static> Process<T> {
     /// Waits for the process to end, then gives the job's value, or why there is none:
     /// the job's `Failed` / `Panicked`, `Terminated` after `terminate`/`kill`,
     /// `WorkerLost` when it died another way (with its exitcode), `StartFailed` or
-    /// `UnknownJob` when it never ran the job.
+    /// `UnknownJob` when it never ran the job. The value is handed over once; a later
+    /// call says [`JobError::ResultTaken`] (errors are given every time).
     pub fn result(&self) -> Result<T, JobError> {
         self.join();
-        let state = self.inner.state();
+        let mut state = self.inner.state();
         match &state.reply {
-            Some(Ok(delivery)) => decode_delivery::<T>(delivery.clone())
-                .into_iter()
-                .next()
-                .unwrap_or_else(|| {
-                    Err(JobError::Protocol {
-                        message: "no outcome in the reply".into(),
+            Some(Ok(_)) => {
+                let Some(Ok(value)) = state.reply.replace(Err(JobError::ResultTaken)) else {
+                    unreachable!("matched just above");
+                };
+                value
+                    .downcast::<T>()
+                    .map(|v| *v)
+                    .map_err(|_| JobError::Codec {
+                        message: format!("the value is not a {}", std::any::type_name::<T>()),
                     })
-                }),
+            }
             Some(Err(e)) => Err(e.clone()),
             None if state.stopped => Err(JobError::Terminated),
             None => Err(JobError::WorkerLost {
@@ -373,15 +385,14 @@ struct Keeper {
     launch: LaunchSpec,
     start_timeout: Duration,
     resolve: fn(&JobTable) -> Result<u32, JobError>,
-    succeeded: fn(&Delivery) -> bool,
-    batch: Option<Encoded>,
+    decode: fn(Delivery) -> Value,
     /// Queues and pipes in the argument, held until the child is reaped.
     _holds: Vec<Hold>,
     inner: Arc<Inner>,
 }
 
 impl Keeper {
-    fn run(mut self, started: crossbeam_channel::Sender<std::io::Result<u32>>) {
+    fn run(self, started: crossbeam_channel::Sender<std::io::Result<u32>>, batch: Encoded) {
         let launched = match launch::launch(&self.launch) {
             Ok(l) => l,
             Err(e) => {
@@ -392,13 +403,8 @@ impl Keeper {
         let pid = launched.pid;
         tracing::Span::current().record("pid", pid);
         let _ = started.send(Ok(pid));
-        let reply = match self.batch.take() {
-            Some(batch) => self.converse(launched.stream, pid, batch),
-            None => None,
-        };
-        if let Some(reply) = reply {
-            self.inner.state().reply = Some(reply);
-        }
+        let reply = self.converse(launched.stream, pid, batch);
+        self.inner.state().reply = reply;
         // Wait for the end without reaping, then reap under the lock that signals are
         // sent under.
         let child = nix::unistd::Pid::from_raw(pid as i32);
@@ -421,12 +427,7 @@ impl Keeper {
 
     /// Hello, the job, and the exit request. `None` when the process went away without
     /// answering (its exitcode tells why).
-    fn converse(
-        &self,
-        stream: UnixStream,
-        pid: u32,
-        batch: Encoded,
-    ) -> Option<Result<Delivery, JobError>> {
+    fn converse(&self, stream: UnixStream, pid: u32, batch: Encoded) -> Option<Value> {
         let mut reader = stream;
         let mut writer = match reader.try_clone() {
             Ok(w) => w,
@@ -482,58 +483,36 @@ impl Keeper {
         if send(&mut writer, &request).is_err() {
             return None;
         }
-        let delivery = match payload::read_frame_with_fds(&reader, DEFAULT_MAX_FRAME) {
-            Ok(Some((body, fds))) => match protocol::decode::<Reply>(&body) {
-                Ok(Reply::DoneBatch { outcomes, .. }) => Delivery::Batch {
-                    count: 1,
-                    bytes: Payload::Owned(outcomes.into_vec()),
-                },
-                Ok(Reply::DoneBatchShared { len, .. }) => {
-                    let mapped = fds
-                        .first()
-                        .ok_or_else(|| io::Error::other("no descriptor came with it"))
-                        .and_then(payload::map)
-                        .and_then(|m| {
-                            if m.len() as u64 == len {
-                                Ok(m)
-                            } else {
-                                Err(io::Error::other(format!("{} bytes, not {len}", m.len())))
-                            }
-                        });
-                    match mapped {
-                        Ok(m) => Delivery::Batch {
-                            count: 1,
-                            bytes: Payload::Mapped(Arc::new(m)),
-                        },
-                        Err(e) => {
-                            self.abandon(pid);
-                            return Some(Err(JobError::Protocol {
-                                message: format!("shared result: {e}"),
-                            }));
-                        }
-                    }
-                }
-                Ok(Reply::Done { outcomes, .. }) => {
-                    Delivery::Items(outcomes.into_iter().map(raw_outcome).collect())
-                }
-                Ok(other) => {
-                    self.abandon(pid);
-                    return Some(Err(JobError::Protocol {
-                        message: format!("unexpected {other:?}"),
-                    }));
-                }
-                Err(e) => {
-                    self.abandon(pid);
-                    return Some(Err(JobError::Protocol {
-                        message: e.to_string(),
-                    }));
-                }
-            },
-            _ => return None,
+        let Ok(Some((body, fds))) = payload::read_frame_with_fds(&reader, DEFAULT_MAX_FRAME) else {
+            // The process went away: its exitcode tells why.
+            return None;
         };
-        let code = if (self.succeeded)(&delivery) { 0 } else { 1 };
+        let delivery = protocol::decode::<Reply>(&body)
+            .map_err(|e| e.to_string())
+            .and_then(|reply| {
+                let mapped = match &reply {
+                    Reply::DoneBatchShared { len, .. } => Some(
+                        fds.first()
+                            .ok_or_else(|| io::Error::other("no descriptor came with it"))
+                            .and_then(|fd| payload::map(fd, *len))
+                            .map_err(|e| format!("shared result: {e}"))?,
+                    ),
+                    _ => None,
+                };
+                reply_delivery(reply, 1, mapped).map_err(|other| format!("unexpected {other:?}"))
+            });
+        let delivery = match delivery {
+            Ok(delivery) => delivery,
+            Err(message) => {
+                self.abandon(pid);
+                return Some(Err(JobError::Protocol { message }));
+            }
+        };
+        // Decoded once, here: the exit status says whether the job succeeded.
+        let value = (self.decode)(delivery);
+        let code = if value.is_ok() { 0 } else { 1 };
         let _ = send(&mut writer, &Request::Exit { code });
-        Some(Ok(delivery))
+        Some(value)
     }
 
     /// Kills a process that broke the protocol or never announced itself (this thread

@@ -14,7 +14,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use pool_worker::Codec;
-use pool_worker::protocol::{BatchOutcomes, ItemOutcome};
+use pool_worker::payload::SealedBytes;
+use pool_worker::protocol::{BatchOutcomes, ItemOutcome, Outcome, Reply};
 use serde::de::DeserializeOwned;
 
 use crate::error::JobError;
@@ -29,20 +30,49 @@ pub(crate) type RawOutcome = Result<Vec<u8>, JobError>;
 pub(crate) type Outcomes<T> = Vec<Result<T, JobError>>;
 
 /// What a task's worker (or its fate) sent back for it.
-#[derive(Clone)]
 pub(crate) enum Delivery {
     /// One raw outcome per argument.
     Items(Vec<RawOutcome>),
-    /// A bincode `Vec<ItemOutcome<T>>` of `count` outcomes (`Reply::DoneBatch`).
+    /// A bincode `BatchOutcomes<T>` of `count` outcomes (`Reply::DoneBatch` or
+    /// `Reply::DoneBatchShared`).
     Batch { count: usize, bytes: Payload },
+}
+
+/// The delivery in a reply to a task of `count` arguments; `mapped` is the memfd that
+/// came with a `DoneBatchShared`. A reply that answers no task is given back.
+pub(crate) fn reply_delivery(
+    reply: Reply,
+    count: usize,
+    mapped: Option<SealedBytes>,
+) -> Result<Delivery, Reply> {
+    let bytes = match (reply, mapped) {
+        (Reply::Done { outcomes, .. }, _) => {
+            return Ok(Delivery::Items(
+                outcomes.into_iter().map(raw_outcome).collect(),
+            ));
+        }
+        (Reply::DoneBatch { outcomes, .. }, _) => Payload::Owned(outcomes.into_vec()),
+        (Reply::DoneBatchShared { .. }, Some(mapped)) => Payload::Mapped(mapped),
+        (other, _) => return Err(other),
+    };
+    Ok(Delivery::Batch { count, bytes })
+}
+
+fn raw_outcome(outcome: Outcome) -> RawOutcome {
+    match outcome {
+        Outcome::Ok(bytes) => Ok(bytes.into_vec()),
+        Outcome::Failed(message) => Err(JobError::Failed { message }),
+        Outcome::Panicked(message) => Err(JobError::Panicked { message }),
+        Outcome::Codec(message) => Err(JobError::Codec { message }),
+        Outcome::Protocol(message) => Err(JobError::Protocol { message }),
+    }
 }
 
 /// Encoded bytes from a worker: read from its stream, or mapped from the sealed memfd
 /// it sent (large results), decoded in place.
-#[derive(Clone)]
 pub(crate) enum Payload {
     Owned(Vec<u8>),
-    Mapped(Arc<pool_worker::payload::SealedBytes>),
+    Mapped(SealedBytes),
 }
 
 impl std::ops::Deref for Payload {

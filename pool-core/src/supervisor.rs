@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 use pool_worker::payload::{self, SealedBytes};
-use pool_worker::protocol::{self, Hello, Outcome, Reply, Request};
+use pool_worker::protocol::{self, Hello, Reply, Request};
 use pool_worker::slots::Slots;
 
 use crate::TaskOptions;
@@ -31,7 +31,7 @@ use crate::error::{Error, JobError, LostCause, describe_exitcode};
 use crate::launch;
 use crate::launch::StartMethod;
 use crate::pool::{Accepting, Config, JobTable, Shared};
-use crate::result::{Delivery, Payload, RawOutcome, Sink};
+use crate::result::{Delivery, Sink, reply_delivery};
 use crate::stderr::StderrTap;
 use crate::sys;
 use crate::zygote::Zygote;
@@ -696,12 +696,16 @@ impl Supervisor {
         };
         // A shared reply's descriptor arrived with its frame: take it now, whatever
         // becomes of the reply, so descriptors and frames stay paired.
-        let shared = match &reply {
-            Reply::DoneBatchShared { len, .. } => Some(map_shared(
-                w.conn.as_mut(),
-                *len,
-                self.config.max_message_size,
-            )),
+        let mapped = match &reply {
+            Reply::DoneBatchShared { len, .. } => {
+                match map_shared(w.conn.as_mut(), *len, self.config.max_message_size) {
+                    Ok(mapped) => Some(mapped),
+                    Err(e) => {
+                        let message = format!("shared results: {e}");
+                        return self.kill(token, JobError::Protocol { message });
+                    }
+                }
+            }
             _ => None,
         };
         match (reply, w.inflight.front()) {
@@ -736,31 +740,10 @@ impl Supervisor {
                             w.retire = true;
                         }
                     }
-                    let delivery = match reply {
-                        Reply::DoneBatch { outcomes, .. } => Delivery::Batch {
-                            count: t.arguments,
-                            bytes: Payload::Owned(outcomes.into_vec()),
-                        },
-                        Reply::DoneBatchShared { .. } => match shared {
-                            Some(Ok(mapped)) => Delivery::Batch {
-                                count: t.arguments,
-                                bytes: Payload::Mapped(Arc::new(mapped)),
-                            },
-                            Some(Err(e)) => {
-                                let message = format!("shared results: {e}");
-                                t.fail(JobError::Protocol {
-                                    message: message.clone(),
-                                });
-                                return self.kill(token, JobError::Protocol { message });
-                            }
-                            None => unreachable!("mapped above for a shared reply"),
-                        },
-                        Reply::Done { outcomes, .. } => {
-                            Delivery::Items(outcomes.into_iter().map(raw_outcome).collect())
-                        }
-                        _ => unreachable!("only replies to a task reach here"),
-                    };
-                    t.resolve(delivery);
+                    match reply_delivery(reply, t.arguments, mapped) {
+                        Ok(delivery) => t.resolve(delivery),
+                        Err(_) => unreachable!("only replies to a task reach here"),
+                    }
                 }
             }
             (reply, head) => {
@@ -1260,11 +1243,7 @@ fn map_shared(conn: Option<&mut Conn>, len: u64, max: usize) -> Result<SealedByt
             "a result of {len} bytes is larger than the limit of {max}"
         ));
     }
-    let mapped = payload::map(&fd).map_err(|e| e.to_string())?;
-    if mapped.len() as u64 != len {
-        return Err(format!("{} bytes where {len} were announced", mapped.len()));
-    }
-    Ok(mapped)
+    payload::map(&fd, len).map_err(|e| e.to_string())
 }
 
 /// New start-or-revoke slots for a worker, and the frame that tells it where they are.
@@ -1277,14 +1256,4 @@ fn slots_frame() -> Result<(Slots, Vec<u8>), String> {
 
 fn start_error(message: String) -> JobError {
     JobError::StartFailed { message }
-}
-
-pub(crate) fn raw_outcome(outcome: Outcome) -> RawOutcome {
-    match outcome {
-        Outcome::Ok(bytes) => Ok(bytes.into_vec()),
-        Outcome::Failed(message) => Err(JobError::Failed { message }),
-        Outcome::Panicked(message) => Err(JobError::Panicked { message }),
-        Outcome::Codec(message) => Err(JobError::Codec { message }),
-        Outcome::Protocol(message) => Err(JobError::Protocol { message }),
-    }
 }

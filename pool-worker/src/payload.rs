@@ -92,13 +92,7 @@ impl SpillWriter {
         }
         let file = match &mut self.file {
             Some(file) => file,
-            None => {
-                let fd = memfd_create(
-                    "procpool-payload",
-                    MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-                )?;
-                self.file.insert(File::from(fd))
-            }
+            None => self.file.insert(new_memfd()?),
         };
         file.write_all(&self.bytes)?;
         self.bytes.clear();
@@ -115,32 +109,44 @@ impl SpillWriter {
             return Ok(Encoded::Inline(self.bytes));
         };
         file.write_all(&self.bytes)?;
-        let fd = OwnedFd::from(file);
-        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals()))?;
-        Ok(Encoded::Shared { fd, len: self.len })
+        Ok(Encoded::Shared {
+            fd: seal(file)?,
+            len: self.len,
+        })
     }
 }
 
-/// Seals that make a memfd's contents immutable.
-fn seals() -> SealFlag {
-    SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL
-}
-
-/// A new sealed memfd holding `bytes`.
-pub fn sealed(bytes: &[u8]) -> io::Result<OwnedFd> {
+/// A new memfd that can be sealed, for a payload.
+fn new_memfd() -> io::Result<File> {
     let fd = memfd_create(
         "procpool-payload",
         MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
     )?;
-    let mut file = File::from(fd);
-    file.write_all(bytes)?;
+    Ok(File::from(fd))
+}
+
+/// Seals a written payload memfd against writes and resizing: its contents are final.
+fn seal(file: File) -> io::Result<OwnedFd> {
     let fd = OwnedFd::from(file);
-    fcntl(&fd, FcntlArg::F_ADD_SEALS(seals()))?;
+    let seals = SealFlag::F_SEAL_WRITE
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_SEAL;
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
     Ok(fd)
 }
 
-/// Maps a sealed memfd read-only, refusing one whose contents could still change.
-pub fn map(fd: &OwnedFd) -> io::Result<SealedBytes> {
+/// A new sealed memfd holding `bytes`, whatever their size.
+#[cfg(test)]
+fn sealed(bytes: &[u8]) -> io::Result<OwnedFd> {
+    let mut file = new_memfd()?;
+    file.write_all(bytes)?;
+    seal(file)
+}
+
+/// Maps the sealed memfd of a payload of `len` bytes read-only, refusing one whose
+/// contents could still change or that holds another number of bytes.
+pub fn map(fd: &OwnedFd, len: u64) -> io::Result<SealedBytes> {
     let have = fcntl(fd, FcntlArg::F_GET_SEALS)
         .map_err(|e| io::Error::other(format!("not a sealed memfd: {e}")))?;
     let need = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK;
@@ -149,7 +155,12 @@ pub fn map(fd: &OwnedFd) -> io::Result<SealedBytes> {
             "shared payload is not sealed against writes",
         ));
     }
-    let len = File::from(fd.try_clone()?).metadata()?.len();
+    let size = File::from(fd.try_clone()?).metadata()?.len();
+    if size != len {
+        return Err(io::Error::other(format!(
+            "shared payload has {size} bytes where {len} were announced"
+        )));
+    }
     let len = usize::try_from(len).map_err(|_| io::Error::other("payload too large"))?;
     sys::map_sealed(fd.as_fd(), len)
 }
@@ -257,15 +268,17 @@ mod tests {
     #[test]
     fn sealed_payloads_round_trip_and_unsealed_ones_are_refused() {
         let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let len = bytes.len() as u64;
         let fd = sealed(&bytes).unwrap();
-        assert_eq!(&*map(&fd).unwrap(), &bytes[..]);
+        assert_eq!(&*map(&fd, len).unwrap(), &bytes[..]);
         let again = open_remote(std::process::id(), fd.as_raw_fd()).unwrap();
-        assert_eq!(&*map(&again).unwrap(), &bytes[..]);
-        assert_eq!(map(&sealed(&[]).unwrap()).unwrap().len(), 0);
+        assert_eq!(&*map(&again, len).unwrap(), &bytes[..]);
+        assert_eq!(map(&sealed(&[]).unwrap(), 0).unwrap().len(), 0);
+        assert!(map(&fd, len + 1).is_err(), "a length other than announced");
 
         let open = memfd_create("procpool-test", MFdFlags::MFD_CLOEXEC).unwrap();
         assert!(
-            map(&open).is_err(),
+            map(&open, 0).is_err(),
             "an unsealed memfd could change while mapped"
         );
     }
@@ -299,7 +312,7 @@ mod tests {
             let Encoded::Shared { fd, len } = encoded else {
                 panic!("a large payload stayed in memory");
             };
-            let mapped = map(&fd).unwrap();
+            let mapped = map(&fd, len as u64).unwrap();
             assert_eq!(mapped.len(), len);
             assert!(check(&mapped), "the payload decodes to what was encoded");
         }
@@ -314,6 +327,6 @@ mod tests {
         let n = recv_with_fds(b.as_raw_fd(), &mut buf, &mut fds).unwrap();
         assert_eq!(&buf[..n], b"frame");
         assert_eq!(fds.len(), 1);
-        assert_eq!(&*map(&fds[0]).unwrap(), b"shared");
+        assert_eq!(&*map(&fds[0], 6).unwrap(), b"shared");
     }
 }

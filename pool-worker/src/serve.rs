@@ -185,19 +185,8 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                 region,
             } => {
                 let mapped = payload::open_remote(region.pid, region.fd)
-                    .and_then(|fd| payload::map(&fd))
-                    .map_err(|e| format!("cannot map the shared arguments: {e}"))
-                    .and_then(|m| {
-                        if m.len() as u64 == region.len {
-                            Ok(m)
-                        } else {
-                            Err(format!(
-                                "shared arguments have {} bytes, not {}",
-                                m.len(),
-                                region.len
-                            ))
-                        }
-                    });
+                    .and_then(|fd| payload::map(&fd, region.len))
+                    .map_err(|e| format!("cannot map the shared arguments: {e}"));
                 run_batch(
                     registry,
                     task,
