@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::SyncError;
-use super::holders::{Peer, peer_alive};
+use super::holders::{self, PEER_TICK, Peer, peer_alive};
 use super::region::{self, FIELDS, Kind};
 use crate::sys::shm::{Held, Mapping, futex_wake};
 
@@ -38,8 +38,6 @@ const _: () = assert!(super::holders::END <= RINGS_AT);
 const LEN_PREFIX: usize = 4;
 /// How long a waiter looks for a change before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
-/// How often a blocked waiter looks whether its peers are still alive.
-const PEER_TICK: Duration = Duration::from_millis(50);
 
 /// A view of a channel region (the handles that count in its holder table are
 /// `holders::Party` values beside it).
@@ -68,12 +66,16 @@ impl Channel {
         map.u32_at(RING_SIZE).store(ring as u32, Ordering::SeqCst);
         map.u32_at(LANES).store(lanes, Ordering::SeqCst);
         map.u32_at(CAPACITY).store(capacity, Ordering::SeqCst);
-        Ok(Channel {
+        Ok(Channel::view(map, ring as u32))
+    }
+
+    fn view(map: Arc<Mapping>, ring: u32) -> Channel {
+        Channel {
             map,
-            ring: ring as u32,
+            ring,
             checked: Cell::new(None),
             far_end_gone: Cell::new(false),
-        })
+        }
     }
 
     /// A channel view of a region another process sent, its layout checked against
@@ -90,44 +92,31 @@ impl Channel {
                 map.len()
             ));
         }
-        Ok(Channel {
-            map,
-            ring,
-            checked: Cell::new(None),
-            far_end_gone: Cell::new(false),
-        })
-    }
-
-    fn lane(&self, lane: u32) -> usize {
-        LANE0 + lane as usize * LANE_BYTES
+        Ok(Channel::view(map, ring))
     }
 
     fn seq(&self, lane: u32) -> &AtomicU32 {
-        self.map.u32_at(self.lane(lane))
+        self.map.u32_at(lane_at(lane))
     }
 
     fn sleepers(&self, lane: u32) -> &AtomicU32 {
-        self.map.u32_at(self.lane(lane) + 4)
+        self.map.u32_at(lane_at(lane) + 4)
     }
 
     fn put_word(&self, lane: u32) -> &AtomicU64 {
-        self.map.u64_at(self.lane(lane) + 8)
+        self.map.u64_at(lane_at(lane) + 8)
     }
 
     fn get_word(&self, lane: u32) -> &AtomicU64 {
-        self.map.u64_at(self.lane(lane) + 16)
+        self.map.u64_at(lane_at(lane) + 16)
     }
 
     fn done(&self, lane: u32) -> &AtomicU32 {
-        self.map.u32_at(self.lane(lane) + 24)
+        self.map.u32_at(lane_at(lane) + 24)
     }
 
     fn notify(&self, lane: u32) {
-        let seq = self.seq(lane);
-        seq.fetch_add(1, Ordering::SeqCst);
-        if self.sleepers(lane).load(Ordering::SeqCst) > 0 {
-            futex_wake(seq, i32::MAX);
-        }
+        notify(&self.map, lane);
     }
 
     /// Whether the other side is gone. Dropped handles are seen at once; whether the
@@ -162,8 +151,7 @@ impl Channel {
         {
             std::thread::yield_now();
         }
-        let tick = Instant::now() + PEER_TICK;
-        let until = deadline.map_or(tick, |d| d.min(tick));
+        let until = holders::next_look(deadline);
         let sleepers = self.sleepers(lane);
         sleepers.fetch_add(1, Ordering::SeqCst);
         super::sleep(self.seq(lane), seq, Some(until));
@@ -365,26 +353,33 @@ fn waits(deadline: Option<Instant>, peer: Peer) -> bool {
     matches!(peer, Peer::End(_)) || deadline.is_none_or(|d| d > Instant::now())
 }
 
+/// Where lane `lane`'s words start.
+fn lane_at(lane: u32) -> usize {
+    LANE0 + lane as usize * LANE_BYTES
+}
+
+/// Bumps `lane`'s change count and wakes its sleepers, in any process.
+fn notify(map: &Mapping, lane: u32) {
+    let at = lane_at(lane);
+    let seq = map.u32_at(at);
+    seq.fetch_add(1, Ordering::SeqCst);
+    if map.u32_at(at + 4).load(Ordering::SeqCst) > 0 {
+        futex_wake(seq, i32::MAX);
+    }
+}
+
 /// Wakes every sleeper of a channel region (a party left: waiters look whether their
 /// peer is gone).
 pub(crate) fn wake_all(map: &Mapping) {
-    let lanes = map.u32_at(LANES).load(Ordering::SeqCst).min(2);
-    for lane in 0..lanes {
-        let seq = map.u32_at(LANE0 + lane as usize * LANE_BYTES);
-        seq.fetch_add(1, Ordering::SeqCst);
-        futex_wake(seq, i32::MAX);
+    for lane in 0..map.u32_at(LANES).load(Ordering::SeqCst).min(2) {
+        notify(map, lane);
     }
 }
 
 impl Channel {
     /// Another view of the same channel.
     pub fn share(&self) -> Channel {
-        Channel {
-            map: self.map.clone(),
-            ring: self.ring,
-            checked: Cell::new(None),
-            far_end_gone: Cell::new(false),
-        }
+        Channel::view(self.map.clone(), self.ring)
     }
 
     pub fn map(&self) -> &Arc<Mapping> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::SyncError;
-use super::holders::{self, Party, Peer};
+use super::holders::{self, Party};
 use super::region::{self, DATA, Kind};
 use crate::sys::shm::{Mapping, futex_wake};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -38,9 +38,6 @@ pub struct Event {
     party: Party,
     _not_sync: PhantomData<Cell<()>>,
 }
-
-/// How often a waiter looks whether anyone who could set the flag is left.
-const PEER_TICK: Duration = Duration::from_millis(50);
 
 fn flag(map: &Mapping) -> &AtomicU32 {
     map.u32_at(DATA)
@@ -105,25 +102,12 @@ impl Event {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(false);
             }
-            // Within the deadline, also when a stopped process holds the region's lock.
-            let held = match deadline {
-                None => self.party.map().lock(),
-                Some(d) => match self.party.map().lock_until(d) {
-                    Some(held) => held,
-                    None => return Ok(self.is_set()),
-                },
-            };
-            let alone = !self.party.peer_alive(&held, Peer::AnyOther);
-            drop(held);
-            if alone {
-                return if self.is_set() {
-                    Ok(true)
-                } else {
-                    Err(SyncError::Disconnected)
-                };
+            match self.party.alone(deadline) {
+                None => return Ok(self.is_set()),
+                Some(true) if !self.is_set() => return Err(SyncError::Disconnected),
+                _ => {}
             }
-            let tick = Instant::now() + PEER_TICK;
-            super::sleep(self.flag(), 0, Some(deadline.map_or(tick, |d| d.min(tick))));
+            super::sleep(self.flag(), 0, Some(holders::next_look(deadline)));
         }
     }
 }

@@ -35,6 +35,8 @@ const HOLDS_AT: usize = SLOTS_AT + MAX_HOLDERS * SLOT_BYTES;
 const MAX_HOLDS: usize = 64;
 /// Where the table ends.
 pub(crate) const END: usize = HOLDS_AT + MAX_HOLDS * SLOT_BYTES;
+/// How often a blocked waiter looks whether its peers are still alive.
+pub(crate) const PEER_TICK: Duration = Duration::from_millis(50);
 /// How long releasing an in-flight hold waits for the region's lock.
 const HOLD_RELEASE_WAIT: Duration = Duration::from_millis(100);
 
@@ -175,6 +177,12 @@ pub(crate) fn peer_alive(
     })
 }
 
+/// When a waiter with `deadline` next wakes to look at its peers.
+pub(crate) fn next_look(deadline: Option<Instant>) -> Instant {
+    let tick = Instant::now() + PEER_TICK;
+    deadline.map_or(tick, |d| d.min(tick))
+}
+
 /// One handle of a region with holders: counted in the table while it lives. `wake`
 /// rouses the region's sleepers when a party leaves, so they see whether their peer
 /// is gone at once.
@@ -201,9 +209,15 @@ impl Party {
         &self.map
     }
 
-    /// Whether a handle other than this one could still act (see [`Peer`]).
-    pub fn peer_alive(&self, held: &Held<'_>, peer: Peer) -> bool {
-        peer_alive(&self.map, held, peer, true)
+    /// Whether no other handle is left alive (any end 0 handle but this one), taking
+    /// the region's lock before `deadline`: `None` if it did not come in time (a
+    /// stopped process holds it).
+    pub fn alone(&self, deadline: Option<Instant>) -> Option<bool> {
+        let held = match deadline {
+            None => self.map.lock(),
+            Some(d) => self.map.lock_until(d)?,
+        };
+        Some(!peer_alive(&self.map, &held, Peer::AnyOther, true))
     }
 
     /// This handle as it travels: held in flight if a [`collect_holds`] runs.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::SyncError;
-use super::holders::{self, Party, Peer};
+use super::holders::{self, Party};
 use super::region::{self, DATA, Kind};
 use crate::sys::shm::{Mapping, futex_wake};
 
@@ -17,8 +17,6 @@ const COUNT: usize = DATA;
 /// The most permits a bounded semaphore holds; 0 when unbounded.
 const BOUND: usize = DATA + 4;
 const SLEEPERS: usize = DATA + 8;
-/// How often a waiter looks whether anyone who could release is left.
-const PEER_TICK: Duration = Duration::from_millis(50);
 
 /// A semaphore shared by processes, like `multiprocessing.Semaphore` and
 /// `BoundedSemaphore`: [`acquire`](Semaphore::acquire) takes a permit and returns a
@@ -128,20 +126,16 @@ impl Semaphore {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(SyncError::Timeout);
             }
-            // Within the deadline, also when a stopped process holds the region's lock.
-            let held = match deadline {
-                None => self.map().lock(),
-                Some(d) => self.map().lock_until(d).ok_or(SyncError::Timeout)?,
-            };
-            let alone = !self.party.peer_alive(&held, Peer::AnyOther);
-            drop(held);
-            if alone && count.load(Ordering::SeqCst) == 0 {
-                return Err(SyncError::Disconnected);
+            match self.party.alone(deadline) {
+                None => return Err(SyncError::Timeout),
+                Some(true) if count.load(Ordering::SeqCst) == 0 => {
+                    return Err(SyncError::Disconnected);
+                }
+                _ => {}
             }
-            let tick = Instant::now() + PEER_TICK;
             let sleepers = self.map().u32_at(SLEEPERS);
             sleepers.fetch_add(1, Ordering::SeqCst);
-            super::sleep(count, 0, Some(deadline.map_or(tick, |d| d.min(tick))));
+            super::sleep(count, 0, Some(holders::next_look(deadline)));
             sleepers.fetch_sub(1, Ordering::SeqCst);
         }
     }
