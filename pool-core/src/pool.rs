@@ -636,26 +636,34 @@ impl TaskSpec {
 pub(crate) enum Arguments {
     /// Each encoded on its own (the untyped path: `imap_encoded`, the CLI).
     Each(Vec<ByteBuf>),
-    /// `count` arguments encoded together as one bincode `Vec` (typed callers), with
-    /// holds on the queues and pipes among them while they are in flight.
-    Batch {
-        count: usize,
-        payload: Encoded,
-        holds: Vec<Hold>,
-    },
+    /// Encoded together as one batch (typed callers).
+    Batch(Batch),
+}
+
+/// `count` typed arguments encoded together as one bincode `Vec`, with holds on the
+/// shared handles among them while they are in flight.
+pub(crate) struct Batch {
+    pub count: usize,
+    pub payload: Encoded,
+    pub holds: Vec<Hold>,
 }
 
 /// Encodes typed arguments for the wire, as one batch.
-pub(crate) fn encode_all<T: serde::Serialize>(arguments: &[T]) -> Result<Arguments, JobError> {
+pub(crate) fn encode_batch<T: serde::Serialize>(arguments: &[T]) -> Result<Batch, JobError> {
     let (payload, holds) = collect_holds(|| Codec::encode_payload(arguments));
     let payload = payload.map_err(|message| JobError::Codec {
         message: format!("argument does not encode: {message}"),
     })?;
-    Ok(Arguments::Batch {
+    Ok(Batch {
         count: arguments.len(),
         payload,
         holds,
     })
+}
+
+/// [`encode_batch`], as a task's arguments.
+pub(crate) fn encode_all<T: serde::Serialize>(arguments: &[T]) -> Result<Arguments, JobError> {
+    encode_batch(arguments).map(Arguments::Batch)
 }
 
 fn encode_owned(arguments: Vec<Vec<u8>>) -> Result<Arguments, JobError> {
@@ -1047,11 +1055,11 @@ impl Pool {
                 Vec::new(),
                 None,
             ),
-            Arguments::Batch {
+            Arguments::Batch(Batch {
                 count,
                 payload,
                 holds,
-            } => {
+            }) => {
                 if payload.len() > self.max_message_size {
                     return Err(too_large(payload.len(), self.max_message_size));
                 }

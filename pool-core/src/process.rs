@@ -28,9 +28,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, JobError, LostCause};
 use crate::launch::{self, LaunchSpec, StartMethod};
-use crate::pool::{JobTable, batch_request, launch_spec};
+use crate::pool::{JobTable, batch_request, encode_batch, launch_spec};
 use crate::result::{Delivery, decode_values, reply_delivery};
-use crate::sync::{Hold, collect_holds};
+use crate::sync::Hold;
 use crate::sys;
 
 /// Numbers the default names, `Process-1`, `Process-2`, ... as Python does.
@@ -124,13 +124,7 @@ impl ProcessBuilder {
             (_, executable) => launch_spec(executable, self.args)?,
         };
         launch.method = self.start_method;
-        let (batch, holds) =
-            collect_holds(|| pool_worker::Codec::encode_payload(std::slice::from_ref(&argument)));
-        let batch = batch.map_err(|e| {
-            Error::Job(JobError::Codec {
-                message: format!("argument does not encode: {e}"),
-            })
-        })?;
+        let batch = encode_batch(std::slice::from_ref(&argument))?;
         let name = self
             .name
             .unwrap_or_else(|| format!("Process-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
@@ -143,14 +137,14 @@ impl ProcessBuilder {
             start_timeout: self.start_timeout,
             resolve: JobTable::resolve::<J>,
             decode: decode_value::<J::Output>,
-            _holds: holds,
+            _holds: batch.holds,
             inner: inner.clone(),
         };
         let (started_tx, started_rx) = crossbeam_channel::bounded(1);
         let span = tracing::info_span!("process", name = %name, pid = tracing::field::Empty);
         std::thread::Builder::new()
             .name(format!("procpool-keeper-{name}"))
-            .spawn(move || span.in_scope(|| keeper.run(started_tx, batch)))?;
+            .spawn(move || span.in_scope(|| keeper.run(started_tx, batch.payload)))?;
         let pid = match started_rx.recv() {
             Ok(Ok(pid)) => pid,
             Ok(Err(e)) => {
