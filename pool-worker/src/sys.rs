@@ -204,64 +204,80 @@ pub(crate) fn pidfd(pid: u32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// A read-only mapping of a sealed memfd (see `payload::map`): its bytes cannot change
-/// while it lives.
-pub struct SealedBytes {
+/// A shared mapping of the first `len` bytes of a file, unmapped on drop. It hands out
+/// only a raw pointer: its owner decides what access is sound (atomics, copies under a
+/// lock, or reads of sealed bytes).
+pub struct SharedMemory {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
 }
 
-// SAFETY: the mapping is read-only and its memfd is sealed against writes and shrinking,
-// so no process can change or remove the bytes; sharing `&[u8]` views of it between
-// threads is as sound as sharing any immutable buffer.
-unsafe impl Send for SealedBytes {}
+// SAFETY: a pointer and a length; the memory is shared with other processes anyway, and
+// nothing here dereferences it: the rules for that are the owner's.
+unsafe impl Send for SharedMemory {}
 // SAFETY: as for `Send`.
-unsafe impl Sync for SealedBytes {}
+unsafe impl Sync for SharedMemory {}
 
-/// Maps `len` bytes of `fd` read-only. The caller has checked the seals
-/// (`F_SEAL_WRITE`, `F_SEAL_SHRINK`) and that the file has `len` bytes.
-pub(crate) fn map_sealed(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<SealedBytes> {
-    if len == 0 {
-        return Ok(SealedBytes {
-            ptr: std::ptr::NonNull::dangling(),
-            len: 0,
-        });
+impl SharedMemory {
+    /// Maps `len` bytes of `fd`: read-write, or read-only with the pages faulted in at
+    /// once (they are read front to back next). `len` 0 maps nothing.
+    pub fn map(
+        fd: std::os::fd::BorrowedFd<'_>,
+        len: usize,
+        writable: bool,
+    ) -> io::Result<SharedMemory> {
+        if len == 0 {
+            return Ok(SharedMemory {
+                ptr: std::ptr::NonNull::dangling(),
+                len,
+            });
+        }
+        let (prot, flags) = if writable {
+            (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED)
+        } else {
+            (libc::PROT_READ, libc::MAP_SHARED | libc::MAP_POPULATE)
+        };
+        // SAFETY: a new shared mapping of `len` bytes of `fd` at an address the kernel
+        // picks; it aliases no memory of this process.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                flags,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr =
+            std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        Ok(SharedMemory { ptr, len })
     }
-    // SAFETY: a new read-only shared mapping of `len` bytes of `fd` at an address the
-    // kernel picks; it aliases no existing memory.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            // Populate: fault the pages in at once; they are read front to back next.
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
+
+    /// The first byte (dangling when the length is 0).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
     }
-    let ptr =
-        std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-    Ok(SealedBytes { ptr, len })
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it maps nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
-impl std::ops::Deref for SealedBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: `ptr` maps `len` readable bytes (or is dangling with `len` 0) for as long
-        // as `self` lives, and the seals checked before mapping keep them from changing
-        // or going away, so an immutable slice over them is sound.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for SealedBytes {
+impl Drop for SharedMemory {
     fn drop(&mut self) {
         if self.len > 0 {
-            // SAFETY: exactly the range mmap returned; no slice of it outlives `self`.
+            // SAFETY: exactly the range mmap returned; the owner lets no reference into
+            // it outlive this value.
             unsafe {
                 libc::munmap(self.ptr.as_ptr().cast(), self.len);
             }
@@ -269,49 +285,40 @@ impl Drop for SealedBytes {
     }
 }
 
+/// A read-only mapping of a sealed memfd (see `payload::map`): its bytes cannot change
+/// while it lives.
+pub struct SealedBytes(SharedMemory);
+
+/// Maps `len` bytes of `fd` read-only. The caller has checked the seals
+/// (`F_SEAL_WRITE`, `F_SEAL_SHRINK`) and that the file has `len` bytes.
+pub(crate) fn map_sealed(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<SealedBytes> {
+    SharedMemory::map(fd, len, false).map(SealedBytes)
+}
+
+impl std::ops::Deref for SealedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the mapping holds `len` readable bytes (or is dangling with `len` 0)
+        // for as long as `self` lives, and the seals checked before mapping keep them
+        // from changing or going away, so an immutable slice over them is sound.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), self.0.len()) }
+    }
+}
+
 impl std::fmt::Debug for SealedBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SealedBytes")
-            .field("len", &self.len)
+            .field("len", &self.0.len())
             .finish()
     }
 }
 
 /// A small read-write shared mapping of words (the start-or-revoke slots).
-pub struct SharedPage {
-    ptr: std::ptr::NonNull<u64>,
-    words: usize,
-}
-
-// SAFETY: the page is only ever accessed through atomics (`word`), from any thread or
-// process.
-unsafe impl Send for SharedPage {}
-// SAFETY: as for `Send`.
-unsafe impl Sync for SharedPage {}
+pub struct SharedPage(SharedMemory);
 
 /// Maps the first `len` bytes of `fd` read-write and shared (`len` a multiple of 8).
 pub(crate) fn map_shared_page(fd: &OwnedFd, len: usize) -> io::Result<SharedPage> {
-    // SAFETY: a new shared mapping of `len` bytes of `fd` at an address the kernel
-    // picks; it aliases no memory of this process.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            std::os::fd::AsRawFd::as_raw_fd(fd),
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    let ptr =
-        std::ptr::NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-    Ok(SharedPage {
-        ptr,
-        words: len / 8,
-    })
+    SharedMemory::map(std::os::fd::AsFd::as_fd(fd), len, true).map(SharedPage)
 }
 
 impl SharedPage {
@@ -320,18 +327,10 @@ impl SharedPage {
     /// # Panics
     /// If `i` is out of range.
     pub fn word(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
-        assert!(i < self.words, "word {i} of {}", self.words);
+        let words = self.0.len() / 8;
+        assert!(i < words, "word {i} of {words}");
         // SAFETY: in bounds (asserted) and 8-aligned (page-aligned base); the mapping
         // lives as long as `self`; every access, in both processes, is atomic.
-        unsafe { std::sync::atomic::AtomicU64::from_ptr(self.ptr.as_ptr().add(i)) }
-    }
-}
-
-impl Drop for SharedPage {
-    fn drop(&mut self) {
-        // SAFETY: exactly the range mmap returned; no reference into it outlives `self`.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.words * 8);
-        }
+        unsafe { std::sync::atomic::AtomicU64::from_ptr(self.0.as_ptr().cast::<u64>().add(i)) }
     }
 }

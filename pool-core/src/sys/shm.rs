@@ -8,12 +8,12 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::memfd::{MFdFlags, memfd_create};
+use pool_worker::os::SharedMemory;
 
 /// The prefix of every procpool memfd's name (`/proc/<pid>/fd/<n>` shows
 /// `/memfd:procpool-<kind> (deleted)`); a region is only opened if its link says so.
@@ -26,18 +26,13 @@ const WAITERS: u32 = 1 << 31;
 const LIVENESS_TICK: Duration = Duration::from_millis(50);
 
 /// One shared memory region, mapped read-write into this process.
+///
+/// It is shared between threads as it is between processes: this process touches it
+/// only through atomics and through `read`/`write`, which require the region's lock.
 pub(crate) struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
+    mem: SharedMemory,
     fd: OwnedFd,
 }
-
-// SAFETY: the mapping is shared memory that other processes change at any time anyway;
-// this process touches it only through atomics and through `read`/`write`, which
-// require the region's lock to be held, so using it from several threads is sound.
-unsafe impl Send for Mapping {}
-// SAFETY: as for `Send`: no method hands out a reference to non-atomic shared bytes.
-unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// A new zeroed region of `len` bytes, named for `kind`.
@@ -81,23 +76,8 @@ impl Mapping {
         if len < 64 {
             return Err(io::Error::other("a region has at least 64 bytes"));
         }
-        // SAFETY: asks for a new shared mapping of `len` bytes of `fd` at an address of
-        // the kernel's choosing; no existing memory is affected.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(Mapping { ptr, len, fd })
+        let mem = SharedMemory::map(fd.as_fd(), len, true)?;
+        Ok(Mapping { mem, fd })
     }
 
     /// This process's descriptor of the region.
@@ -107,18 +87,21 @@ impl Mapping {
 
     /// The region's size in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.mem.len()
     }
 
     fn checked(&self, offset: usize, size: usize, align: usize) -> *mut u8 {
         assert!(
-            offset % align == 0 && offset.checked_add(size).is_some_and(|end| end <= self.len),
+            offset % align == 0
+                && offset
+                    .checked_add(size)
+                    .is_some_and(|end| end <= self.len()),
             "offset {offset}+{size} outside a region of {} bytes",
-            self.len
+            self.len()
         );
         // SAFETY: `offset + size <= len` (asserted), so the pointer stays inside the
         // mapping.
-        unsafe { self.ptr.as_ptr().add(offset) }
+        unsafe { self.mem.as_ptr().add(offset) }
     }
 
     /// The 32-bit word at `offset`, shared with every process that maps the region.
@@ -288,16 +271,6 @@ impl Mapping {
         Held {
             mapping: self,
             previous_owner_died,
-        }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly what mmap returned, and no reference into the
-        // mapping outlives `self` (every accessor borrows `self`).
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
     }
 }
