@@ -82,8 +82,18 @@ fn role_hostile_worker() {
                 .expect("a memfd");
                 let file = std::fs::File::from(memfd);
                 file.set_len(8).expect("size");
-                pool_worker::payload::send_with_fd(&stream, &frame, file.as_raw_fd())
+                pool_worker::payload::send_with_fds(&stream, &frame, &[file.as_raw_fd()])
             }
+        }
+        // Outcomes "in the scratch" of a task that has none, or past its end.
+        "scratch_unasked" | "scratch_overlong" => {
+            let len = if mode == "scratch_unasked" {
+                8
+            } else {
+                512 << 20
+            };
+            let reply = Reply::DoneBatchInScratch { task, len };
+            stream.write_all(&protocol::frame(&reply).expect("encodes"))
         }
         other => panic!("unknown mode {other}"),
     }
@@ -117,10 +127,21 @@ fn a_worker_that_breaks_the_protocol_fails_its_task_and_is_replaced() {
         ("huge", "larger than the limit"),
         ("shared_without_fd", "no descriptor came with the reply"),
         ("shared_unsealed", "not sealed against writes"),
+        ("scratch_unasked", "a task without a scratch"),
+        ("scratch_overlong", "announced in a region of"),
     ] {
         let pool = hostile_pool(mode);
         let hostile = pool.worker_pids();
-        match pool.apply_async(square, 3).unwrap().get_timeout(PATIENCE) {
+        // A large argument travels in shared memory, with a scratch for the outcomes.
+        let result = if mode == "scratch_overlong" {
+            pool.apply_async(byte_len, vec![1u8; 1 << 20])
+                .unwrap()
+                .get_timeout(PATIENCE)
+                .map(|len| len as u64)
+        } else {
+            pool.apply_async(square, 3).unwrap().get_timeout(PATIENCE)
+        };
+        match result {
             Err(JobError::Protocol { message }) => {
                 assert!(message.contains(expected), "{mode}: {message}")
             }

@@ -50,6 +50,9 @@ fn large_arguments_and_results_cross_through_shared_memory_intact() {
         .expect("map");
     assert_eq!(lens, vec![300_000; 6]);
     close_and_check(pool);
+    // Other tests' pools may still run, so the spare list is freed here rather than
+    // when the last pool ends; nothing else may hold a payload open.
+    pool_worker::payload::free_spare();
     assert_eq!(payload_fds(), 0, "no shared payload is left open");
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use mio::net::UnixStream;
@@ -33,7 +33,10 @@ pub(crate) struct Conn {
     filled: usize,
     /// Start of the first unread byte in `inbox`.
     consumed: usize,
-    outbox: VecDeque<Arc<[u8]>>,
+    /// Frames to send, each with the descriptors that go with its first byte.
+    outbox: VecDeque<(Arc<[u8]>, Vec<OwnedFd>)>,
+    /// Control-message room for received descriptors, reused from read to read.
+    fd_space: Vec<u8>,
     /// Bytes of the front frame of `outbox` already written.
     written: usize,
     max_frame: usize,
@@ -59,6 +62,7 @@ impl Conn {
             filled: 0,
             consumed: 0,
             outbox: VecDeque::new(),
+            fd_space: payload::fd_space(),
             written: 0,
             max_frame,
         }
@@ -87,13 +91,12 @@ impl Conn {
             if self.inbox.len() < filled + READ_CHUNK {
                 self.inbox.resize(filled + READ_CHUNK, 0);
             }
-            let mut received = Vec::new();
             let read = payload::recv_with_fds(
                 self.stream.as_raw_fd(),
                 &mut self.inbox[filled..],
-                &mut received,
+                &mut self.fds,
+                &mut self.fd_space,
             );
-            self.fds.extend(received);
             if self.fds.len() > MAX_PENDING_FDS {
                 return Err(io::Error::other(
                     "the worker sent descriptors without replies",
@@ -144,25 +147,39 @@ impl Conn {
         self.filled - self.consumed
     }
 
-    /// Queues a frame; call [`Conn::flush`] to send it.
-    pub fn queue(&mut self, frame: Arc<[u8]>) {
-        self.outbox.push_back(frame);
+    /// Queues a frame, with descriptors to go with it (`SCM_RIGHTS`); call
+    /// [`Conn::flush`] to send it.
+    pub fn queue(&mut self, frame: Arc<[u8]>, fds: Vec<OwnedFd>) {
+        self.outbox.push_back((frame, fds));
     }
 
     /// Writes queued frames until done or the socket is full.
     pub fn flush(&mut self) -> io::Result<()> {
-        while !self.outbox.is_empty() {
-            // Several queued frames go in one system call.
+        while let Some((_, front_fds)) = self.outbox.front() {
+            // Several queued frames go in one system call. A frame's descriptors go
+            // with its first byte, so a call carries those of its first frame only,
+            // and stops before the next frame that has some.
+            let fds: Vec<RawFd> = front_fds.iter().map(AsRawFd::as_raw_fd).collect();
             let slices: Vec<IoSlice<'_>> = self
                 .outbox
                 .iter()
                 .take(MAX_FRAMES_PER_WRITE)
                 .enumerate()
-                .map(|(i, f)| IoSlice::new(if i == 0 { &f[self.written..] } else { f }))
+                .take_while(|(i, (_, fds))| *i == 0 || fds.is_empty())
+                .map(|(i, (f, _))| IoSlice::new(if i == 0 { &f[self.written..] } else { f }))
                 .collect();
-            match self.stream.write_vectored(&slices) {
+            let sent = if fds.is_empty() {
+                self.stream.write_vectored(&slices)
+            } else {
+                payload::send_slices_with_fds(&self.stream, &slices, &fds)
+            };
+            match sent {
                 Ok(mut n) => {
-                    while let Some(front) = self.outbox.front() {
+                    if let Some((_, fds)) = self.outbox.front_mut() {
+                        // Gone with the first byte (closed here, open over there).
+                        fds.clear();
+                    }
+                    while let Some((front, _)) = self.outbox.front() {
                         let left = front.len() - self.written;
                         if n < left {
                             self.written += n;

@@ -3,17 +3,17 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use pool_worker::payload::Encoded;
+use pool_worker::payload::{self, Encoded, Region, SpillTo};
 pub use pool_worker::protocol::JobInfo;
-use pool_worker::protocol::{self, DEFAULT_MAX_FRAME, Request, SharedRegion};
+use pool_worker::protocol::{self, DEFAULT_MAX_FRAME, Request};
 use pool_worker::{Codec, Job};
 use serde_bytes::ByteBuf;
 
@@ -21,7 +21,7 @@ use crate::error::{Error, JobError, TaskOptions};
 use crate::imap::Imap;
 use crate::launch::{LaunchSpec, StartMethod};
 use crate::result::{
-    AsyncResult, Canceller, CollectSink, Delivery, OneSink, Sink, Slot, concat_outcomes,
+    AsyncResult, Canceller, CollectSink, Delivery, OneSink, Scratch, Sink, Slot, concat_outcomes,
     concat_values, decode_delivery, decode_values, raw_delivery, wait_while,
 };
 use crate::supervisor::{Command, Supervisor, Task, WAKER};
@@ -328,9 +328,13 @@ impl PoolBuilder {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let supervisor = Supervisor::new(poll, rx, shared.clone(), config.clone(), ready_tx);
         let span = tracing::info_span!("pool", processes);
+        let live = LivePool::new();
         let thread = std::thread::Builder::new()
             .name("procpool-supervisor".into())
-            .spawn(move || span.in_scope(|| supervisor.run()))?;
+            .spawn(move || {
+                let _live = live;
+                span.in_scope(|| supervisor.run())
+            })?;
         let jobs = match ready_rx.recv() {
             Ok(Ok(jobs)) => jobs,
             Ok(Err(e)) => {
@@ -613,6 +617,29 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// Pools whose supervisor runs, in this process.
+static LIVE_POOLS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a running supervisor. When the last one ends, the shared memory kept for
+/// reuse (`pool_worker::payload`'s spare list) is freed: a program done with its pools
+/// keeps none.
+struct LivePool;
+
+impl LivePool {
+    fn new() -> LivePool {
+        LIVE_POOLS.fetch_add(1, Ordering::SeqCst);
+        LivePool
+    }
+}
+
+impl Drop for LivePool {
+    fn drop(&mut self) {
+        if LIVE_POOLS.fetch_sub(1, Ordering::SeqCst) == 1 {
+            payload::free_spare();
+        }
+    }
+}
+
 /// Which job a submission runs, how its arguments are encoded, and its options.
 pub(crate) struct TaskSpec {
     pub index: u32,
@@ -650,7 +677,7 @@ pub(crate) struct Batch {
 
 /// Encodes typed arguments for the wire, as one batch.
 pub(crate) fn encode_batch<T: serde::Serialize>(arguments: &[T]) -> Result<Batch, JobError> {
-    let (payload, holds) = collect_holds(|| Codec::encode_payload(arguments));
+    let (payload, holds) = collect_holds(|| Codec::encode_payload(arguments, SpillTo::Spare));
     let payload = payload.map_err(|message| JobError::Codec {
         message: format!("argument does not encode: {message}"),
     })?;
@@ -679,19 +706,18 @@ fn too_large(size: usize, max: usize) -> JobError {
 }
 
 /// The request that runs `count` arguments encoded as one batch: inline, or, when
-/// the encoder put them in a sealed memfd (past `payload::SHARED_ABOVE` bytes), by
-/// reference to it; the caller keeps that descriptor open until the task resolves
-/// (the worker opens it through `/proc`).
+/// the encoder put them in a region (past `payload::SHARED_ABOVE` bytes), with the
+/// task's [`Regions`], whose descriptors go with the request.
 pub(crate) fn batch_request(
     task: u64,
     job: u32,
     count: usize,
     payload: Encoded,
-) -> Result<(Request, Option<OwnedFd>), JobError> {
+) -> Result<(Request, Option<Regions>), JobError> {
     let count = u32::try_from(count).map_err(|_| JobError::Codec {
         message: format!("{count} arguments in one task is too many"),
     })?;
-    let (fd, len) = match payload {
+    let (arguments, len) = match payload {
         Encoded::Inline(bytes) => {
             let batch = bytes.into();
             return Ok((
@@ -704,22 +730,66 @@ pub(crate) fn batch_request(
                 None,
             ));
         }
-        Encoded::Shared { fd, len } => (fd, len),
+        Encoded::InRegion { region, len } => (region, len),
+        Encoded::Sealed { .. } => {
+            return Err(JobError::Codec {
+                message: "arguments were sealed instead of put in a region".into(),
+            });
+        }
     };
-    let region = SharedRegion {
-        pid: std::process::id(),
-        fd: fd.as_raw_fd(),
+    let scratch = payload::spare_region().map_err(|e| JobError::Codec {
+        message: format!("no shared memory for the task's outcomes: {e}"),
+    })?;
+    let request = Request::RunBatchShared {
+        task,
+        job,
+        count,
         len: len as u64,
     };
-    Ok((
-        Request::RunBatchShared {
-            task,
-            job,
-            count,
-            region,
-        },
-        Some(fd),
-    ))
+    Ok((request, Some(Regions { arguments, scratch })))
+}
+
+/// A task's shared memory (see `pool_worker::payload`): its arguments, which the
+/// worker gets read-only, and its scratch, where the worker may write its outcomes.
+/// Dropped, both are freed; only [`Regions::recycle`] puts them back for reuse, once
+/// the worker has answered.
+#[derive(Debug)]
+pub(crate) struct Regions {
+    arguments: Region,
+    scratch: Region,
+}
+
+impl Regions {
+    /// New descriptors to send with the request: the arguments read-only, then the
+    /// scratch.
+    pub fn fds(&mut self) -> std::io::Result<Vec<OwnedFd>> {
+        Ok(vec![self.arguments.read_only_fd()?, self.scratch.fd()?])
+    }
+
+    /// Both back on the spare list: the worker has answered and touches them no more.
+    pub fn recycle(self) {
+        payload::recycle(self.arguments);
+        payload::recycle(self.scratch);
+    }
+
+    /// The worker's answer of `len` bytes in the scratch (at most `max`); the
+    /// arguments go back on the spare list.
+    pub fn into_outcomes(self, len: u64, max: usize) -> Result<Scratch, String> {
+        let Regions {
+            arguments,
+            mut scratch,
+        } = self;
+        payload::recycle(arguments);
+        if len > max as u64 {
+            return Err(format!(
+                "a result of {len} bytes is larger than the limit of {max}"
+            ));
+        }
+        scratch
+            .refresh()
+            .map_err(|e| format!("the scratch cannot be mapped: {e}"))?;
+        Scratch::new(scratch, len).map_err(|e| e.to_string())
+    }
 }
 
 /// Encoded task bytes sent to the supervisor together, at most (besides the first
@@ -926,7 +996,7 @@ impl Pool {
                 .and_then(|task| {
                     ids.push(task.id);
                     pending_bytes += task.frame.len();
-                    let large = task._shared.is_some();
+                    let large = task.regions.is_some();
                     pending.push(task);
                     if part == 0 || part == last || large || pending_bytes >= SUBMIT_BATCH_BYTES {
                         pending_bytes = 0;
@@ -1043,7 +1113,7 @@ impl Pool {
         part: usize,
     ) -> Result<Task, JobError> {
         let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
-        let (count, request, holds, shared) = match arguments {
+        let (count, request, holds, regions) = match arguments {
             Arguments::Each(arguments) => (
                 arguments.len(),
                 Request::Run {
@@ -1063,8 +1133,8 @@ impl Pool {
                 if payload.len() > self.max_message_size {
                     return Err(too_large(payload.len(), self.max_message_size));
                 }
-                let (request, shared) = batch_request(id, spec.index, count, payload)?;
-                (count, request, holds, shared)
+                let (request, regions) = batch_request(id, spec.index, count, payload)?;
+                (count, request, holds, regions)
             }
         };
         let frame = protocol::frame(&request).map_err(|e| JobError::Codec {
@@ -1085,7 +1155,7 @@ impl Pool {
             revoking: false,
             seq: 0,
             _holds: holds,
-            _shared: shared,
+            regions,
         })
     }
 

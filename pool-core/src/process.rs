@@ -13,6 +13,7 @@ use std::any::Any;
 use std::ffi::OsString;
 use std::io;
 use std::marker::PhantomData;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,14 +23,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use pool_worker::Job;
-use pool_worker::payload::{self, Encoded};
+use pool_worker::payload::{self, Encoded, FrameReader};
 use pool_worker::protocol::{self, DEFAULT_MAX_FRAME, ProtocolError, Reply, Request};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, JobError, LostCause};
 use crate::launch::{self, LaunchSpec, StartMethod};
-use crate::pool::{JobTable, batch_request, encode_batch, launch_spec};
-use crate::result::{Delivery, decode_values, reply_delivery};
+use crate::pool::{JobTable, Regions, batch_request, encode_batch, launch_spec};
+use crate::result::{Delivery, Payload, decode_values, reply_delivery};
 use crate::sync::Hold;
 use crate::sys;
 
@@ -465,36 +466,54 @@ impl Keeper {
                 return Some(Err(e));
             }
         };
-        // The shared region, if any, stays open until this function returns, by when
-        // the worker has replied (so has read it) or is gone.
-        let (request, _shared) = match batch_request(1, job, 1, batch) {
+        let (request, mut regions) = match batch_request(1, job, 1, batch) {
             Ok(r) => r,
             Err(e) => {
                 let _ = send(&mut writer, &Request::Exit { code: 1 });
                 return Some(Err(e));
             }
         };
-        if send(&mut writer, &request).is_err() {
+        let sent = match regions.as_mut().map(Regions::fds).transpose() {
+            Ok(fds) => {
+                let fds: Vec<_> = fds.iter().flatten().map(AsRawFd::as_raw_fd).collect();
+                protocol::frame(&request)
+                    .and_then(|frame| Ok(payload::send_with_fds(&writer, &frame, &fds)?))
+            }
+            Err(e) => Err(e.into()),
+        };
+        if sent.is_err() {
             return None;
         }
-        let Ok(Some((body, fds))) = payload::read_frame_with_fds(&reader, DEFAULT_MAX_FRAME) else {
+        let mut reader = FrameReader::new(reader);
+        let Ok(Some(body)) = reader.read_frame(DEFAULT_MAX_FRAME) else {
             // The process went away: its exitcode tells why.
             return None;
         };
         let delivery = protocol::decode::<Reply>(&body)
             .map_err(|e| e.to_string())
             .and_then(|reply| {
-                let mapped = match &reply {
-                    Reply::DoneBatchShared { len, .. } => Some(
-                        fds.first()
+                let shared = match &reply {
+                    Reply::DoneBatchShared { len, .. } => Some(Payload::Mapped(
+                        reader
+                            .take_fd()
                             .ok_or_else(|| io::Error::other("no descriptor came with it"))
-                            .and_then(|fd| payload::map(fd, *len))
+                            .and_then(|fd| payload::map(&fd, *len))
                             .map_err(|e| format!("shared result: {e}"))?,
-                    ),
+                    )),
+                    Reply::DoneBatchInScratch { len, .. } => Some(Payload::Scratch(
+                        regions
+                            .take()
+                            .ok_or("a result in a scratch that was not given")?
+                            .into_outcomes(*len, DEFAULT_MAX_FRAME)?,
+                    )),
                     _ => None,
                 };
-                reply_delivery(reply, 1, mapped).map_err(|other| format!("unexpected {other:?}"))
+                reply_delivery(reply, 1, shared).map_err(|other| format!("unexpected {other:?}"))
             });
+        // The worker has answered: it touches the shared memory no more.
+        if let Some(regions) = regions {
+            regions.recycle();
+        }
         let delivery = match delivery {
             Ok(delivery) => delivery,
             Err(message) => {

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use pool_worker::Codec;
-use pool_worker::payload::SealedBytes;
+use pool_worker::payload::{self, MappedBytes, Region};
 use pool_worker::protocol::{BatchOutcomes, ItemOutcome, Outcome, Reply};
 use serde::de::DeserializeOwned;
 
@@ -38,21 +38,22 @@ pub(crate) enum Delivery {
     Batch { count: usize, bytes: Payload },
 }
 
-/// The delivery in a reply to a task of `count` arguments; `mapped` is the memfd that
-/// came with a `DoneBatchShared`. A reply that answers no task is given back.
+/// The delivery in a reply to a task of `count` arguments; `shared` holds the bytes of
+/// a `DoneBatchShared` (the memfd that came with it, mapped) or a `DoneBatchInScratch`.
+/// A reply that answers no task, or comes without its bytes, is given back.
 pub(crate) fn reply_delivery(
     reply: Reply,
     count: usize,
-    mapped: Option<SealedBytes>,
+    shared: Option<Payload>,
 ) -> Result<Delivery, Reply> {
-    let bytes = match (reply, mapped) {
+    let bytes = match (reply, shared) {
         (Reply::Done { outcomes, .. }, _) => {
             return Ok(Delivery::Items(
                 outcomes.into_iter().map(raw_outcome).collect(),
             ));
         }
         (Reply::DoneBatch { outcomes, .. }, _) => Payload::Owned(outcomes.into_vec()),
-        (Reply::DoneBatchShared { .. }, Some(mapped)) => Payload::Mapped(mapped),
+        (Reply::DoneBatchShared { .. } | Reply::DoneBatchInScratch { .. }, Some(shared)) => shared,
         (other, _) => return Err(other),
     };
     Ok(Delivery::Batch { count, bytes })
@@ -68,11 +69,12 @@ fn raw_outcome(outcome: Outcome) -> RawOutcome {
     }
 }
 
-/// Encoded bytes from a worker: read from its stream, or mapped from the sealed memfd
-/// it sent (large results), decoded in place.
+/// Encoded bytes from a worker: read from its stream, or (large results) mapped from
+/// the sealed memfd it sent or written into the task's scratch; decoded in place.
 pub(crate) enum Payload {
     Owned(Vec<u8>),
-    Mapped(SealedBytes),
+    Mapped(MappedBytes),
+    Scratch(Scratch),
 }
 
 impl std::ops::Deref for Payload {
@@ -81,6 +83,42 @@ impl std::ops::Deref for Payload {
         match self {
             Payload::Owned(v) => v,
             Payload::Mapped(m) => m,
+            Payload::Scratch(s) => s.bytes(),
+        }
+    }
+}
+
+/// A task's scratch with the worker's outcomes in its first `len` bytes; back on the
+/// spare list once they are decoded (dropped).
+pub(crate) struct Scratch {
+    region: Option<Region>,
+    len: usize,
+}
+
+impl Scratch {
+    /// The first `len` bytes of `region`, if it has that many.
+    pub fn new(region: Region, len: u64) -> std::io::Result<Scratch> {
+        let len = usize::try_from(len).map_err(|_| std::io::Error::other("result too large"))?;
+        region.bytes(len)?;
+        Ok(Scratch {
+            region: Some(region),
+            len,
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // In range: checked in `new`.
+        self.region
+            .as_ref()
+            .and_then(|r| r.bytes(self.len).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(region) = self.region.take() {
+            payload::recycle(region);
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
-use pool_worker::payload::{self, SealedBytes};
+use pool_worker::payload::{self, MappedBytes};
 use pool_worker::protocol::{self, Hello, Reply, Request};
 use pool_worker::slots::Slots;
 
@@ -30,8 +30,8 @@ use crate::conn::{Conn, ReadEnd};
 use crate::error::{Error, JobError, LostCause, describe_exitcode};
 use crate::launch;
 use crate::launch::StartMethod;
-use crate::pool::{Accepting, Config, JobTable, Shared};
-use crate::result::{Delivery, Sink, reply_delivery};
+use crate::pool::{Accepting, Config, JobTable, Regions, Shared};
+use crate::result::{Delivery, Payload, Sink, reply_delivery};
 use crate::stderr::StderrTap;
 use crate::sys;
 use crate::zygote::Zygote;
@@ -75,8 +75,8 @@ pub(crate) struct Task {
     /// Queues and pipes among the arguments, counted as held until the task resolves
     /// (never read: dropping the task releases them).
     pub _holds: Vec<crate::sync::Hold>,
-    /// The sealed memfd of shared arguments, open until the task resolves.
-    pub _shared: Option<std::os::fd::OwnedFd>,
+    /// Its shared memory (large arguments and their scratch), held until it resolves.
+    pub regions: Option<Regions>,
 }
 
 impl Task {
@@ -109,7 +109,20 @@ enum Inflight {
     Cancelled {
         id: u64,
         arguments: usize,
+        /// The task's shared memory, which the worker may still read and write.
+        regions: Option<Regions>,
     },
+}
+
+impl Inflight {
+    /// The shared memory of the task this entry stands for, taken out.
+    fn take_regions(&mut self) -> Option<Regions> {
+        match self {
+            Inflight::Task(t) => t.regions.take(),
+            Inflight::Cancelled { regions, .. } => regions.take(),
+            Inflight::Init => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -365,12 +378,13 @@ impl Supervisor {
                 // Running: the only way to stop it is to end its worker.
                 Some((token, 0, _)) => self.kill(token, JobError::Cancelled),
                 Some((_, at, w)) => {
-                    let Some(Inflight::Task(task)) = w.inflight.get(at) else {
+                    let Some(Inflight::Task(task)) = w.inflight.get_mut(at) else {
                         continue;
                     };
                     let tombstone = Inflight::Cancelled {
                         id,
                         arguments: task.arguments,
+                        regions: task.regions.take(),
                     };
                     if let Inflight::Task(task) = std::mem::replace(&mut w.inflight[at], tombstone)
                     {
@@ -529,7 +543,7 @@ impl Supervisor {
             match slots_frame() {
                 Ok((slots, frame)) => {
                     if let Some(conn) = w.conn.as_mut() {
-                        conn.queue(frame.into());
+                        conn.queue(frame.into(), Vec::new());
                         w.slots = Some(slots);
                     }
                 }
@@ -539,7 +553,7 @@ impl Supervisor {
         }
         if let (Some(frame), Some(conn)) = (&self.init_frame, w.conn.as_mut()) {
             w.inflight.push_back(Inflight::Init);
-            conn.queue(frame.clone());
+            conn.queue(frame.clone(), Vec::new());
         } else {
             // Ready for tasks: starting workers works again.
             self.start_failures = 0;
@@ -696,17 +710,28 @@ impl Supervisor {
         };
         // A shared reply's descriptor arrived with its frame: take it now, whatever
         // becomes of the reply, so descriptors and frames stay paired.
-        let mapped = match &reply {
+        let max = self.config.max_message_size;
+        let shared = match &reply {
             Reply::DoneBatchShared { len, .. } => {
-                match map_shared(w.conn.as_mut(), *len, self.config.max_message_size) {
-                    Ok(mapped) => Some(mapped),
-                    Err(e) => {
-                        let message = format!("shared results: {e}");
-                        return self.kill(token, JobError::Protocol { message });
-                    }
-                }
+                map_shared(w.conn.as_mut(), *len, max).map(|m| Some(Payload::Mapped(m)))
             }
-            _ => None,
+            Reply::DoneBatchInScratch { len, .. } => match w.inflight.front_mut() {
+                Some(head) if answers(&reply, head) => head
+                    .take_regions()
+                    .ok_or_else(|| "a task without a scratch".to_owned())
+                    .and_then(|r| r.into_outcomes(*len, max))
+                    .map(|s| Some(Payload::Scratch(s))),
+                // Reported as a reply out of turn below.
+                _ => Ok(None),
+            },
+            _ => Ok(None),
+        };
+        let shared = match shared {
+            Ok(shared) => shared,
+            Err(e) => {
+                let message = format!("shared results: {e}");
+                return self.kill(token, JobError::Protocol { message });
+            }
         };
         match (reply, w.inflight.front()) {
             (Reply::InitDone, Some(Inflight::Init)) => {
@@ -723,10 +748,15 @@ impl Supervisor {
             (
                 reply @ (Reply::Done { .. }
                 | Reply::DoneBatch { .. }
-                | Reply::DoneBatchShared { .. }),
+                | Reply::DoneBatchShared { .. }
+                | Reply::DoneBatchInScratch { .. }),
                 Some(head),
             ) if answers(&reply, head) => {
-                let entry = w.inflight.pop_front();
+                let mut entry = w.inflight.pop_front();
+                // The worker has answered: it touches the task's shared memory no more.
+                if let Some(regions) = entry.as_mut().and_then(Inflight::take_regions) {
+                    regions.recycle();
+                }
                 let now = Instant::now();
                 let ran = now.saturating_duration_since(w.head_started);
                 w.head_started = now;
@@ -740,7 +770,7 @@ impl Supervisor {
                             w.retire = true;
                         }
                     }
-                    match reply_delivery(reply, t.arguments, mapped) {
+                    match reply_delivery(reply, t.arguments, shared) {
                         Ok(delivery) => t.resolve(delivery),
                         Err(_) => unreachable!("only replies to a task reach here"),
                     }
@@ -750,7 +780,7 @@ impl Supervisor {
                 let expected = match head {
                     Some(Inflight::Init) => "the initializer's reply".to_owned(),
                     Some(Inflight::Task(Task { id, arguments, .. }))
-                    | Some(Inflight::Cancelled { id, arguments }) => {
+                    | Some(Inflight::Cancelled { id, arguments, .. }) => {
                         format!("the reply to task {id} ({arguments} outcomes)")
                     }
                     None => "nothing".to_owned(),
@@ -760,7 +790,9 @@ impl Supervisor {
                     Reply::Done { task, outcomes } => {
                         format!("a reply to task {task} ({} outcomes)", outcomes.len())
                     }
-                    Reply::DoneBatch { task, .. } | Reply::DoneBatchShared { task, .. } => {
+                    Reply::DoneBatch { task, .. }
+                    | Reply::DoneBatchShared { task, .. }
+                    | Reply::DoneBatchInScratch { task, .. } => {
                         format!("a batch reply to task {task}")
                     }
                 };
@@ -1039,6 +1071,15 @@ impl Supervisor {
                 break;
             };
             task.revoking = false;
+            let fds = match task.regions.as_mut().map(Regions::fds).transpose() {
+                Ok(fds) => fds.unwrap_or_default(),
+                Err(e) => {
+                    task.fail(JobError::Protocol {
+                        message: format!("the task's shared memory cannot be sent: {e}"),
+                    });
+                    continue;
+                }
+            };
             let Some(conn) = w.conn.as_mut() else { break };
             task.seq = w.dispatched as u64;
             if let Some(slots) = &w.slots {
@@ -1047,7 +1088,7 @@ impl Supervisor {
             if w.inflight.is_empty() {
                 w.head_started = Instant::now();
             }
-            conn.queue(task.frame.clone());
+            conn.queue(task.frame.clone(), fds);
             w.dispatched += 1;
             if max_tasks.is_some_and(|m| w.dispatched >= m) {
                 w.retire = true;
@@ -1223,18 +1264,20 @@ fn lost_cause(w: &Worker, reaped: &Reaped) -> LostCause {
 fn answers(reply: &Reply, head: &Inflight) -> bool {
     let (id, arguments) = match head {
         Inflight::Task(t) => (t.id, t.arguments),
-        Inflight::Cancelled { id, arguments } => (*id, *arguments),
+        Inflight::Cancelled { id, arguments, .. } => (*id, *arguments),
         Inflight::Init => return false,
     };
     match reply {
         Reply::Done { task, outcomes } => *task == id && outcomes.len() == arguments,
-        Reply::DoneBatch { task, .. } | Reply::DoneBatchShared { task, .. } => *task == id,
+        Reply::DoneBatch { task, .. }
+        | Reply::DoneBatchShared { task, .. }
+        | Reply::DoneBatchInScratch { task, .. } => *task == id,
         _ => false,
     }
 }
 
 /// Maps the sealed memfd that came with a shared reply of `len` bytes.
-fn map_shared(conn: Option<&mut Conn>, len: u64, max: usize) -> Result<SealedBytes, String> {
+fn map_shared(conn: Option<&mut Conn>, len: u64, max: usize) -> Result<MappedBytes, String> {
     let fd = conn
         .and_then(Conn::take_fd)
         .ok_or("no descriptor came with the reply")?;

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::payload::{Encoded, SpillWriter};
+use crate::payload::{Encoded, SpillTo, SpillWriter};
 
 /// The encoding of a task's argument and result bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -33,9 +33,12 @@ impl Codec {
     }
 
     /// Encodes `value` with bincode as a payload: in memory, or, past
-    /// [`SHARED_ABOVE`](crate::payload::SHARED_ABOVE) bytes, straight into a sealed
-    /// memfd.
-    pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, String> {
+    /// [`SHARED_ABOVE`](crate::payload::SHARED_ABOVE) bytes, straight into the shared
+    /// memory `to` names.
+    pub fn encode_payload<T: Serialize + ?Sized>(
+        value: &T,
+        to: SpillTo,
+    ) -> Result<Encoded, String> {
         struct Spill(SpillWriter);
         impl bincode::enc::write::Writer for Spill {
             #[inline(always)]
@@ -45,7 +48,7 @@ impl Codec {
                     .map_err(|inner| bincode::error::EncodeError::Io { inner, index: 0 })
             }
         }
-        let mut out = Spill(SpillWriter::new());
+        let mut out = Spill(SpillWriter::new(to));
         bincode::serde::encode_into_writer(value, &mut out, bincode_config())
             .map_err(|e| e.to_string())?;
         out.0.finish().map_err(|e| e.to_string())

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::codec::Codec;
-use crate::payload::Encoded;
+use crate::payload::{Encoded, SpillTo};
 use crate::protocol::{BatchOutcomes, ItemOutcome, JobInfo, Outcome};
 
 /// A function that can run in a worker process.
@@ -32,7 +32,7 @@ pub struct JobEntry {
     input_type: fn() -> &'static str,
     output_type: fn() -> &'static str,
     call: fn(Codec, &[u8]) -> Outcome,
-    call_batch: fn(&[u8]) -> Result<Encoded, String>,
+    call_batch: fn(&[u8], SpillTo) -> Result<Encoded, String>,
 }
 
 inventory::collect!(JobEntry);
@@ -69,14 +69,15 @@ impl JobEntry {
     }
 
     /// Runs a bincode batch of arguments (a `Vec` of the job's argument type) and
-    /// returns the encoded `BatchOutcomes<Output>`, or why the batch as a whole did
-    /// not decode or its outcomes did not encode. Never panics.
-    pub fn call_batch(&self, batch: &[u8]) -> Result<Encoded, String> {
-        (self.call_batch)(batch)
+    /// returns the encoded `BatchOutcomes<Output>` (large ones written where `out`
+    /// says), or why the batch as a whole did not decode or its outcomes did not
+    /// encode. Every argument is decoded before the first runs. Never panics.
+    pub fn call_batch(&self, batch: &[u8], out: SpillTo) -> Result<Encoded, String> {
+        (self.call_batch)(batch, out)
     }
 }
 
-fn call_batch<J: Job>(batch: &[u8]) -> Result<Encoded, String> {
+fn call_batch<J: Job>(batch: &[u8], out: SpillTo) -> Result<Encoded, String> {
     let inputs: Vec<J::Input> = Codec::Bincode.decode(batch).map_err(|e| {
         format!(
             "arguments of job `{}` do not decode as {}: {e}",
@@ -107,7 +108,7 @@ fn call_batch<J: Job>(batch: &[u8]) -> Result<Encoded, String> {
     if let BatchOutcomes::AllOk(all) = &mut outcomes {
         *all = values;
     }
-    Codec::encode_payload(&outcomes)
+    Codec::encode_payload(&outcomes, out)
         .map_err(|e| format!("result of job `{}` does not encode: {e}", J::NAME))
 }
 

@@ -1,33 +1,61 @@
-//! Large payloads through shared memory instead of the stream: a sealed memfd.
+//! Large payloads through shared memory instead of the stream.
 //!
-//! The sender writes the bytes into a fresh memfd and seals it against writes and
-//! resizing; the receiver checks the seals and maps it read-only, so the bytes it
-//! decodes cannot change under it, and decodes straight from the mapping. Arguments
-//! go supervisor to worker by reference (`/proc/<supervisor>/fd/<n>`, kept open until
-//! the task resolves); results go back with the descriptor itself attached to the
-//! reply (`SCM_RIGHTS`), since a worker cannot know when the supervisor has opened it.
+//! Past [`SHARED_ABOVE`] bytes a payload is written into a memfd, and the descriptor
+//! travels with the frame that needs it (`SCM_RIGHTS`). There are two kinds:
+//!
+//! - **Regions** ([`Region`]), the supervisor's, reused: a region is written, read, and
+//!   put back on a process-wide spare list ([`recycle`]), so its pages are there for
+//!   the next payload (fresh shared pages cost more here than the copy into them). A
+//!   task's large arguments go in one, sent read-only, so the worker cannot change
+//!   them and a task lost with its worker is retried with its arguments intact. Such a
+//!   task carries a second region, writable, its *scratch*, where the worker writes
+//!   large outcomes. One process at a time writes a region: the supervisor before it
+//!   sends the request, the worker before it replies. The supervisor reuses a scratch
+//!   only after the reply; the scratch of a task that got none is freed, never reused.
+//! - **Sealed memfds**: a worker's large result to a request without a scratch (small
+//!   arguments). Written once, sealed against writes and resizing, and checked by the
+//!   receiver, which then decodes from a read-only mapping that cannot change.
 
+use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, TryLockError};
 
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
 use crate::protocol::ProtocolError;
-use crate::sys;
-pub use crate::sys::SealedBytes;
+pub use crate::sys::MappedBytes;
+use crate::sys::{self, RegionMap};
 
 /// Payloads above this many bytes travel in shared memory.
 pub const SHARED_ABOVE: usize = 256 * 1024;
+/// Capacity the spare list keeps for reuse, in bytes at most. Only pages that were
+/// written hold memory.
+pub const SPARE_BYTES: usize = 128 << 20;
+/// Regions on the spare list, at most.
+const SPARE_REGIONS: usize = 32;
+/// A new region's capacity, and the step it grows by.
+const REGION_STEP: usize = 1 << 20;
 
-/// An encoded payload: in memory while small, in a sealed memfd past
-/// [`SHARED_ABOVE`] bytes.
+/// An encoded payload: in memory while small, in shared memory past [`SHARED_ABOVE`]
+/// bytes.
 #[derive(Debug)]
 pub enum Encoded {
     Inline(Vec<u8>),
-    Shared { fd: OwnedFd, len: usize },
+    /// The first `len` bytes of a sealed memfd.
+    Sealed {
+        fd: OwnedFd,
+        len: usize,
+    },
+    /// The first `len` bytes of a region.
+    InRegion {
+        region: Region,
+        len: usize,
+    },
 }
 
 impl Encoded {
@@ -35,7 +63,7 @@ impl Encoded {
     pub fn len(&self) -> usize {
         match self {
             Encoded::Inline(bytes) => bytes.len(),
-            Encoded::Shared { len, .. } => *len,
+            Encoded::Sealed { len, .. } | Encoded::InRegion { len, .. } => *len,
         }
     }
 
@@ -45,26 +73,239 @@ impl Encoded {
     }
 }
 
-/// Where an encoder writes: a vector until the payload passes [`SHARED_ABOVE`] bytes,
-/// then a memfd (what was written so far is moved there), so a large payload is
-/// written once, into the shared memory, not into a vector first and copied. Past
-/// the spill the vector is the memfd's write buffer; a large write goes straight
-/// through.
-pub(crate) struct SpillWriter {
-    bytes: Vec<u8>,
-    file: Option<File>,
-    len: usize,
+/// A memfd mapped read-write in this process, reused for payload after payload.
+pub struct Region {
+    file: File,
+    map: RegionMap,
+    /// A read-only descriptor of the same memfd, opened the first time it is asked for.
+    read_only: Option<OwnedFd>,
 }
 
-/// The write buffer in front of a spilled payload's memfd.
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("fd", &self.file.as_raw_fd())
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+impl Region {
+    /// A new region of `capacity` bytes. Nobody can seal it (no `MFD_ALLOW_SEALING`),
+    /// so neither side can lock the other out of it.
+    pub fn new(capacity: usize) -> io::Result<Region> {
+        let fd = memfd_create("procpool-payload", MFdFlags::MFD_CLOEXEC)?;
+        Region::sized(File::from(fd), capacity)
+    }
+
+    /// A new region that [`Region::seal`] can seal.
+    fn sealable(capacity: usize) -> io::Result<Region> {
+        let fd = memfd_create(
+            "procpool-payload",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )?;
+        Region::sized(File::from(fd), capacity)
+    }
+
+    fn sized(file: File, capacity: usize) -> io::Result<Region> {
+        file.set_len(capacity as u64)?;
+        let map = RegionMap::map(file.as_fd(), capacity)?;
+        Ok(Region {
+            file,
+            map,
+            read_only: None,
+        })
+    }
+
+    /// The region behind a received descriptor (a worker's scratch), all of it mapped.
+    pub fn adopt(fd: OwnedFd) -> io::Result<Region> {
+        let file = File::from(fd);
+        let len = file_len(&file)?;
+        Region::sized_as_is(file, len)
+    }
+
+    fn sized_as_is(file: File, len: usize) -> io::Result<Region> {
+        let map = RegionMap::map(file.as_fd(), len)?;
+        Ok(Region {
+            file,
+            map,
+            read_only: None,
+        })
+    }
+
+    /// Its size in bytes (all of it mapped here).
+    pub fn capacity(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Maps what another process has grown it to.
+    pub fn refresh(&mut self) -> io::Result<()> {
+        let len = file_len(&self.file)?;
+        if len > self.capacity() {
+            self.map = RegionMap::map(self.file.as_fd(), len)?;
+        }
+        Ok(())
+    }
+
+    /// Its first `len` bytes, which the last writer announced.
+    pub fn bytes(&self, len: usize) -> io::Result<&[u8]> {
+        if len > self.capacity() {
+            return Err(io::Error::other(format!(
+                "{len} bytes announced in a region of {}",
+                self.capacity()
+            )));
+        }
+        Ok(self.map.bytes(len))
+    }
+
+    /// Writes `bytes` at `offset`, growing the region if they do not fit.
+    fn write_at(&mut self, offset: usize, bytes: &[u8]) -> io::Result<()> {
+        let end = offset
+            .checked_add(bytes.len())
+            .ok_or_else(|| io::Error::other("payload too large"))?;
+        if end > self.capacity() {
+            let grown = end.max(2 * self.capacity()).next_multiple_of(REGION_STEP);
+            self.file.set_len(grown as u64)?;
+            self.map = RegionMap::map(self.file.as_fd(), grown)?;
+        }
+        self.map.copy_in(offset, bytes);
+        Ok(())
+    }
+
+    /// A new descriptor of it, read-write (to send).
+    pub fn fd(&self) -> io::Result<OwnedFd> {
+        Ok(self.file.try_clone()?.into())
+    }
+
+    /// A new read-only descriptor of it (to send): the receiver can neither write nor
+    /// resize it.
+    pub fn read_only_fd(&mut self) -> io::Result<OwnedFd> {
+        if self.read_only.is_none() {
+            let path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+            self.read_only = Some(File::open(path)?.into());
+        }
+        match &self.read_only {
+            Some(fd) => fd.try_clone(),
+            None => Err(io::Error::other("no read-only descriptor")),
+        }
+    }
+
+    /// Cuts it to its first `len` bytes and seals it against any change: its contents
+    /// are final, and the receiver can check that.
+    fn seal(self, len: usize) -> io::Result<OwnedFd> {
+        let Region { file, map, .. } = self;
+        // Sealing against writes needs every writable mapping gone.
+        drop(map);
+        file.set_len(len as u64)?;
+        let fd = OwnedFd::from(file);
+        let seals = SealFlag::F_SEAL_WRITE
+            | SealFlag::F_SEAL_SHRINK
+            | SealFlag::F_SEAL_GROW
+            | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
+        Ok(fd)
+    }
+}
+
+fn file_len(file: &File) -> io::Result<usize> {
+    usize::try_from(file.metadata()?.len()).map_err(|_| io::Error::other("region too large"))
+}
+
+/// Regions put back for reuse, owned by process `pid` (a forked child inherits the
+/// list, and must not use its parent's regions).
+struct Spare {
+    pid: u32,
+    regions: Vec<Region>,
+}
+
+static SPARE: Mutex<Spare> = Mutex::new(Spare {
+    pid: 0,
+    regions: Vec::new(),
+});
+
+/// Runs `f` on this process's spare list; `None` when the list is busy, which also
+/// covers a child forked while another thread of its parent held it (that lock is
+/// never released there). Without the list, a caller makes a new region or frees one.
+fn with_spare<R>(f: impl FnOnce(&mut Vec<Region>) -> R) -> Option<R> {
+    let mut spare = match SPARE.try_lock() {
+        Ok(spare) => spare,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => return None,
+    };
+    let pid = std::process::id();
+    if spare.pid != pid {
+        // Inherited from the parent: unmap and close this process's copies.
+        spare.regions.clear();
+        spare.pid = pid;
+    }
+    Some(f(&mut spare.regions))
+}
+
+/// A region from the spare list, or a new one.
+pub fn spare_region() -> io::Result<Region> {
+    match with_spare(Vec::pop).flatten() {
+        Some(region) => Ok(region),
+        None => Region::new(REGION_STEP),
+    }
+}
+
+/// Puts `region` on the spare list, or frees it if the list is full. Only for a region
+/// no other process will write again.
+pub fn recycle(region: Region) {
+    let refused = with_spare(|regions| {
+        let held: usize = regions.iter().map(Region::capacity).sum();
+        if regions.len() < SPARE_REGIONS && held + region.capacity() <= SPARE_BYTES {
+            regions.push(region);
+            None
+        } else {
+            Some(region)
+        }
+    });
+    // Freed outside the lock.
+    drop(refused);
+}
+
+/// Frees the regions on the spare list (`procpool` does when its last pool ends).
+pub fn free_spare() {
+    let regions = with_spare(std::mem::take);
+    // Freed outside the lock.
+    drop(regions);
+}
+
+/// Where a payload goes once it passes [`SHARED_ABOVE`] bytes.
+#[derive(Debug)]
+pub enum SpillTo {
+    /// A new memfd, sealed when complete (a worker's result without a scratch).
+    Sealed,
+    /// A region from the spare list (the supervisor's arguments).
+    Spare,
+    /// This region (a worker's scratch).
+    Scratch(Region),
+}
+
+/// Where an encoder writes: a vector until the payload passes [`SHARED_ABOVE`] bytes,
+/// then shared memory (what was written so far is moved there), so a large payload is
+/// written once, into the shared memory, not into a vector first and copied. Past the
+/// spill the vector is a write buffer in front of the region; a large write goes
+/// straight through.
+pub(crate) struct SpillWriter {
+    bytes: Vec<u8>,
+    len: usize,
+    to: SpillTo,
+    /// The region once spilled, and how many bytes of it are written.
+    region: Option<(Region, usize)>,
+}
+
+/// The write buffer in front of a spilled payload's region.
 const SPILL_BUFFER: usize = 256 * 1024;
 
 impl SpillWriter {
-    pub fn new() -> SpillWriter {
+    pub fn new(to: SpillTo) -> SpillWriter {
         SpillWriter {
             bytes: Vec::new(),
-            file: None,
             len: 0,
+            to,
+            region: None,
         }
     }
 
@@ -81,7 +322,7 @@ impl SpillWriter {
 
     #[cold]
     fn write_more(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let limit = if self.file.is_some() {
+        let limit = if self.region.is_some() {
             SPILL_BUFFER
         } else {
             SHARED_ABOVE
@@ -90,63 +331,60 @@ impl SpillWriter {
             self.bytes.extend_from_slice(bytes);
             return Ok(());
         }
-        let file = match &mut self.file {
-            Some(file) => file,
-            None => self.file.insert(new_memfd()?),
+        let (region, at) = match &mut self.region {
+            Some(spilled) => spilled,
+            None => {
+                let region = match std::mem::replace(&mut self.to, SpillTo::Spare) {
+                    SpillTo::Sealed => {
+                        // Remembered for `finish`.
+                        self.to = SpillTo::Sealed;
+                        Region::sealable(REGION_STEP)?
+                    }
+                    SpillTo::Spare => spare_region()?,
+                    SpillTo::Scratch(region) => region,
+                };
+                self.region.insert((region, 0))
+            }
         };
-        file.write_all(&self.bytes)?;
+        region.write_at(*at, &self.bytes)?;
+        *at += self.bytes.len();
         self.bytes.clear();
         if bytes.len() >= SPILL_BUFFER {
-            file.write_all(bytes)
+            region.write_at(*at, bytes)?;
+            *at += bytes.len();
         } else {
             self.bytes.extend_from_slice(bytes);
-            Ok(())
         }
+        Ok(())
     }
 
     pub fn finish(self) -> io::Result<Encoded> {
-        let Some(mut file) = self.file else {
+        let Some((mut region, at)) = self.region else {
             return Ok(Encoded::Inline(self.bytes));
         };
-        file.write_all(&self.bytes)?;
-        Ok(Encoded::Shared {
-            fd: seal(file)?,
-            len: self.len,
-        })
+        region.write_at(at, &self.bytes)?;
+        let len = self.len;
+        match self.to {
+            SpillTo::Sealed => Ok(Encoded::Sealed {
+                fd: region.seal(len)?,
+                len,
+            }),
+            _ => Ok(Encoded::InRegion { region, len }),
+        }
     }
-}
-
-/// A new memfd that can be sealed, for a payload.
-fn new_memfd() -> io::Result<File> {
-    let fd = memfd_create(
-        "procpool-payload",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )?;
-    Ok(File::from(fd))
-}
-
-/// Seals a written payload memfd against writes and resizing: its contents are final.
-fn seal(file: File) -> io::Result<OwnedFd> {
-    let fd = OwnedFd::from(file);
-    let seals = SealFlag::F_SEAL_WRITE
-        | SealFlag::F_SEAL_SHRINK
-        | SealFlag::F_SEAL_GROW
-        | SealFlag::F_SEAL_SEAL;
-    fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
-    Ok(fd)
 }
 
 /// A new sealed memfd holding `bytes`, whatever their size.
 #[cfg(test)]
 fn sealed(bytes: &[u8]) -> io::Result<OwnedFd> {
-    let mut file = new_memfd()?;
-    file.write_all(bytes)?;
-    seal(file)
+    let mut region = Region::sealable(bytes.len())?;
+    region.write_at(0, bytes)?;
+    region.seal(bytes.len())
 }
 
 /// Maps the sealed memfd of a payload of `len` bytes read-only, refusing one whose
 /// contents could still change or that holds another number of bytes.
-pub fn map(fd: &OwnedFd, len: u64) -> io::Result<SealedBytes> {
+pub fn map(fd: &OwnedFd, len: u64) -> io::Result<MappedBytes> {
     let have = fcntl(fd, FcntlArg::F_GET_SEALS)
         .map_err(|e| io::Error::other(format!("not a sealed memfd: {e}")))?;
     let need = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK;
@@ -162,31 +400,25 @@ pub fn map(fd: &OwnedFd, len: u64) -> io::Result<SealedBytes> {
         )));
     }
     let len = usize::try_from(len).map_err(|_| io::Error::other("payload too large"))?;
-    sys::map_sealed(fd.as_fd(), len)
+    sys::map_read_only(fd.as_fd(), len)
 }
 
-/// Opens descriptor `fd` of process `pid` (which keeps it open while we need it).
-pub fn open_remote(pid: u32, fd: RawFd) -> io::Result<OwnedFd> {
-    Ok(File::open(format!("/proc/{pid}/fd/{fd}"))?.into())
+/// Maps the first `len` bytes of a task's arguments read-only: a region of the
+/// supervisor's, which it does not write while the task is in flight.
+pub fn map_arguments(fd: &OwnedFd, len: u64) -> io::Result<MappedBytes> {
+    let size = File::from(fd.try_clone()?).metadata()?.len();
+    if size < len {
+        return Err(io::Error::other(format!(
+            "arguments of {len} bytes announced in a region of {size}"
+        )));
+    }
+    let len = usize::try_from(len).map_err(|_| io::Error::other("payload too large"))?;
+    sys::map_read_only(fd.as_fd(), len)
 }
 
-/// Writes all of `bytes` to `stream`, with `fd` attached to the first byte.
-pub fn send_with_fd(stream: &impl AsFd, bytes: &[u8], fd: RawFd) -> io::Result<()> {
-    let fds = [fd];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
-    let mut sent = loop {
-        match sendmsg::<()>(
-            stream.as_fd().as_raw_fd(),
-            &[IoSlice::new(bytes)],
-            &cmsg,
-            MsgFlags::empty(),
-            None,
-        ) {
-            Ok(n) => break n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    };
+/// Writes all of `bytes` to `stream`, with `fds` attached to the first byte.
+pub fn send_with_fds(stream: &impl AsFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let mut sent = send_slices_with_fds(stream, &[IoSlice::new(bytes)], fds)?;
     while sent < bytes.len() {
         match nix::unistd::write(stream.as_fd(), &bytes[sent..]) {
             Ok(n) => sent += n,
@@ -197,18 +429,47 @@ pub fn send_with_fd(stream: &impl AsFd, bytes: &[u8], fd: RawFd) -> io::Result<(
     Ok(())
 }
 
+/// One `sendmsg` of `slices` with `fds` attached to the first byte; how many bytes went.
+pub fn send_slices_with_fds(
+    stream: &impl AsFd,
+    slices: &[IoSlice<'_>],
+    fds: &[RawFd],
+) -> io::Result<usize> {
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    loop {
+        match sendmsg::<()>(
+            stream.as_fd().as_raw_fd(),
+            slices,
+            cmsgs,
+            // An EPIPE error, not a SIGPIPE, when the other end is gone.
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) => return Ok(n),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A control-message buffer for [`recv_with_fds`], to reuse from read to read.
+pub fn fd_space() -> Vec<u8> {
+    nix::cmsg_space!([RawFd; 4])
+}
+
 /// Reads what is available into `buf` (blocking or not, as the socket is), keeping any
-/// descriptors that arrive with it in `fds`. `Ok(0)` at end of stream.
-pub fn recv_with_fds(socket: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
-    let mut space = nix::cmsg_space!([RawFd; 4]);
+/// descriptors that arrive with it in `fds`; `space` is from [`fd_space`]. `Ok(0)` at
+/// end of stream.
+pub fn recv_with_fds(
+    socket: RawFd,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+    space: &mut [u8],
+) -> io::Result<usize> {
     let mut iov = [IoSliceMut::new(buf)];
     loop {
-        match recvmsg::<()>(
-            socket,
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
+        match recvmsg::<()>(socket, &mut iov, Some(space), MsgFlags::MSG_CMSG_CLOEXEC) {
             Ok(msg) => {
                 for cmsg in msg.cmsgs().into_iter().flatten() {
                     if let ControlMessageOwned::ScmRights(received) = cmsg {
@@ -223,47 +484,112 @@ pub fn recv_with_fds(socket: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> i
     }
 }
 
-/// A frame's body and the descriptors that came with it.
-pub type FrameWithFds = (Vec<u8>, Vec<OwnedFd>);
-
-/// Reads one frame from a blocking stream, with the descriptors that came with it.
-/// `Ok(None)` at a clean end of stream.
-pub fn read_frame_with_fds(
-    stream: &impl AsRawFd,
-    max: usize,
-) -> Result<Option<FrameWithFds>, ProtocolError> {
-    let mut fds = Vec::new();
-    let mut len = [0u8; 4];
-    if !fill(stream.as_raw_fd(), &mut len, &mut fds)? {
-        return Ok(None);
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > max {
-        return Err(ProtocolError::TooLarge { len, max });
-    }
-    let mut body = vec![0u8; len];
-    if !fill(stream.as_raw_fd(), &mut body, &mut fds)? {
-        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
-    }
-    Ok(Some((body, fds)))
+/// Frames from a blocking stream, read through a buffer, with the descriptors that
+/// come with them kept in arrival order (a frame's descriptors arrive with its first
+/// byte, so they are here by the time the frame is).
+pub struct FrameReader {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    fds: VecDeque<OwnedFd>,
+    space: Vec<u8>,
 }
 
-/// Fills `buf` completely; false if the stream ended before the first byte.
-fn fill(socket: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
-    let mut got = 0;
-    while got < buf.len() {
-        match recv_with_fds(socket, &mut buf[got..], fds)? {
-            0 if got == 0 => return Ok(false),
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n => got += n,
+/// The reader's buffer; a larger frame is read straight into its own vector.
+const READ_BUFFER: usize = 64 * 1024;
+
+impl FrameReader {
+    pub fn new(stream: UnixStream) -> FrameReader {
+        FrameReader {
+            stream,
+            buf: vec![0; READ_BUFFER],
+            start: 0,
+            end: 0,
+            fds: VecDeque::new(),
+            space: fd_space(),
         }
     }
-    Ok(true)
+
+    /// The next frame's body; `Ok(None)` at a clean end of stream (between frames).
+    pub fn read_frame(&mut self, max: usize) -> Result<Option<Vec<u8>>, ProtocolError> {
+        if !self.buffer(4)? {
+            return Ok(None);
+        }
+        let head = &self.buf[self.start..self.start + 4];
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len > max {
+            return Err(ProtocolError::TooLarge { len, max });
+        }
+        self.start += 4;
+        if len <= READ_BUFFER {
+            if !self.buffer(len)? && len > 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
+            let body = self.buf[self.start..self.start + len].to_vec();
+            self.start += len;
+            return Ok(Some(body));
+        }
+        let mut body = vec![0u8; len];
+        let have = self.end - self.start;
+        body[..have].copy_from_slice(&self.buf[self.start..self.end]);
+        self.start = self.end;
+        let mut got = have;
+        while got < len {
+            match self.recv_into_body(&mut body[got..])? {
+                0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+                n => got += n,
+            }
+        }
+        Ok(Some(body))
+    }
+
+    fn recv_into_body(&mut self, into: &mut [u8]) -> io::Result<usize> {
+        recv_with_fds(
+            self.stream.as_raw_fd(),
+            into,
+            &mut self.fds,
+            &mut self.space,
+        )
+    }
+
+    /// Makes sure `n` (at most [`READ_BUFFER`]) bytes are buffered; false if the stream
+    /// ended before the first of them.
+    fn buffer(&mut self, n: usize) -> io::Result<bool> {
+        if self.end - self.start >= n {
+            return Ok(true);
+        }
+        if self.start + n > self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        while self.end - self.start < n {
+            let read = recv_with_fds(
+                self.stream.as_raw_fd(),
+                &mut self.buf[self.end..],
+                &mut self.fds,
+                &mut self.space,
+            )?;
+            match read {
+                0 if self.end == self.start => return Ok(false),
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => self.end += n,
+            }
+        }
+        Ok(true)
+    }
+
+    /// The oldest descriptor received and not taken yet.
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fds.pop_front()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Codec;
 
     #[test]
     fn sealed_payloads_round_trip_and_unsealed_ones_are_refused() {
@@ -271,7 +597,9 @@ mod tests {
         let len = bytes.len() as u64;
         let fd = sealed(&bytes).unwrap();
         assert_eq!(&*map(&fd, len).unwrap(), &bytes[..]);
-        let again = open_remote(std::process::id(), fd.as_raw_fd()).unwrap();
+        let again: OwnedFd = File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .unwrap()
+            .into();
         assert_eq!(&*map(&again, len).unwrap(), &bytes[..]);
         assert_eq!(map(&sealed(&[]).unwrap(), 0).unwrap().len(), 0);
         assert!(map(&fd, len + 1).is_err(), "a length other than announced");
@@ -281,13 +609,14 @@ mod tests {
             map(&open, 0).is_err(),
             "an unsealed memfd could change while mapped"
         );
+        let region = Region::new(REGION_STEP).unwrap();
+        assert!(map(&region.fd().unwrap(), REGION_STEP as u64).is_err());
     }
 
     #[test]
-    fn payloads_past_the_threshold_are_encoded_into_a_sealed_memfd() {
-        use crate::Codec;
+    fn payloads_past_the_threshold_go_where_they_are_told() {
         let small: Vec<u64> = (0..1000).collect();
-        match Codec::encode_payload(&small).unwrap() {
+        match Codec::encode_payload(&small, SpillTo::Spare).unwrap() {
             Encoded::Inline(bytes) => {
                 assert_eq!(Codec::Bincode.decode::<Vec<u64>>(&bytes).unwrap(), small)
             }
@@ -295,38 +624,108 @@ mod tests {
         }
         // Many small writes (one per integer) and one large one (a byte string).
         let many: Vec<u64> = (0..(3 * SHARED_ABOVE as u64 / 8)).collect();
-        let large = serde_bytes::ByteBuf::from(vec![9u8; 2 * SHARED_ABOVE]);
-        for (encoded, check) in [
-            (
-                Codec::encode_payload(&many).unwrap(),
-                Box::new(|b: &[u8]| Codec::Bincode.decode::<Vec<u64>>(b).unwrap() == many)
-                    as Box<dyn Fn(&[u8]) -> bool>,
-            ),
-            (
-                Codec::encode_payload(&large).unwrap(),
-                Box::new(|b: &[u8]| {
-                    Codec::Bincode.decode::<serde_bytes::ByteBuf>(b).unwrap() == large
-                }),
-            ),
+        let large = serde_bytes::ByteBuf::from(vec![9u8; 5 * REGION_STEP / 2]);
+        let many_ok = |b: &[u8]| {
+            Codec::Bincode
+                .decode::<Vec<u64>>(b)
+                .is_ok_and(|v| v == many)
+        };
+        let large_ok = |b: &[u8]| {
+            Codec::Bincode
+                .decode::<serde_bytes::ByteBuf>(b)
+                .is_ok_and(|v| v == large)
+        };
+
+        for sealed in [
+            Codec::encode_payload(&many, SpillTo::Sealed).unwrap(),
+            Codec::encode_payload(&large, SpillTo::Sealed).unwrap(),
         ] {
-            let Encoded::Shared { fd, len } = encoded else {
-                panic!("a large payload stayed in memory");
+            let Encoded::Sealed { fd, len } = sealed else {
+                panic!("not sealed: {sealed:?}");
             };
             let mapped = map(&fd, len as u64).unwrap();
-            assert_eq!(mapped.len(), len);
-            assert!(check(&mapped), "the payload decodes to what was encoded");
+            assert!(many_ok(&mapped) || large_ok(&mapped));
+        }
+        for lent in [
+            Codec::encode_payload(&many, SpillTo::Spare).unwrap(),
+            Codec::encode_payload(&large, SpillTo::Spare).unwrap(),
+        ] {
+            let Encoded::InRegion { mut region, len } = lent else {
+                panic!("not in a region: {lent:?}");
+            };
+            // What a worker maps through the read-only descriptor is the same.
+            let read_only = region.read_only_fd().unwrap();
+            let mapped = map_arguments(&read_only, len as u64).unwrap();
+            let bytes = region.bytes(len).unwrap();
+            assert!(many_ok(bytes) || large_ok(bytes));
+            assert_eq!(&mapped[..], bytes);
         }
     }
 
     #[test]
-    fn a_descriptor_rides_with_its_bytes() {
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    fn a_scratch_is_written_in_place_and_grown_for_its_owner_to_see() {
+        let mut owner = Region::new(REGION_STEP).unwrap();
+        let worker_side = Region::adopt(owner.fd().unwrap()).unwrap();
+        let big = serde_bytes::ByteBuf::from(vec![3u8; 3 * REGION_STEP]);
+        let Encoded::InRegion { len, .. } =
+            Codec::encode_payload(&big, SpillTo::Scratch(worker_side)).unwrap()
+        else {
+            panic!("the scratch was not used");
+        };
+        assert!(owner.bytes(len).is_err(), "not mapped that far yet");
+        owner.refresh().unwrap();
+        assert!(owner.capacity() >= len);
+        let back: serde_bytes::ByteBuf = Codec::Bincode.decode(owner.bytes(len).unwrap()).unwrap();
+        assert_eq!(back, big);
+    }
+
+    #[test]
+    fn arguments_sent_read_only_cannot_be_written_by_the_worker() {
+        let mut region = Region::new(REGION_STEP).unwrap();
+        let read_only = region.read_only_fd().unwrap();
+        assert!(Region::adopt(read_only).is_err(), "mapped writable");
+        assert!(map_arguments(&region.read_only_fd().unwrap(), 2 * REGION_STEP as u64).is_err());
+    }
+
+    #[test]
+    fn the_spare_list_keeps_no_region_past_its_budget() {
+        let huge = Region::new(SPARE_BYTES + REGION_STEP).unwrap();
+        let capacity = huge.capacity();
+        recycle(huge);
+        let kept = with_spare(|regions| regions.iter().any(|r| r.capacity() == capacity));
+        assert_eq!(kept, Some(false));
+    }
+
+    #[test]
+    fn descriptors_ride_with_their_frames() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let frame = |body: &[u8]| {
+            let mut f = (body.len() as u32).to_le_bytes().to_vec();
+            f.extend_from_slice(body);
+            f
+        };
         let fd = sealed(b"shared").unwrap();
-        send_with_fd(&a, b"frame", fd.as_raw_fd()).unwrap();
-        let (mut buf, mut fds) = ([0u8; 16], Vec::new());
-        let n = recv_with_fds(b.as_raw_fd(), &mut buf, &mut fds).unwrap();
-        assert_eq!(&buf[..n], b"frame");
-        assert_eq!(fds.len(), 1);
-        assert_eq!(&*map(&fds[0], 6).unwrap(), b"shared");
+        let large = vec![5u8; 3 * READ_BUFFER];
+        send_with_fds(&a, &frame(b"first"), &[]).unwrap();
+        send_with_fds(&a, &frame(b"second"), &[fd.as_raw_fd()]).unwrap();
+        let writer = std::thread::spawn(move || {
+            send_with_fds(&a, &frame(&large), &[]).unwrap();
+            send_with_fds(&a, &frame(b"last"), &[]).unwrap();
+        });
+        let mut reader = FrameReader::new(b);
+        assert_eq!(reader.read_frame(1 << 20).unwrap().unwrap(), b"first");
+        assert_eq!(reader.read_frame(1 << 20).unwrap().unwrap(), b"second");
+        let got = reader
+            .take_fd()
+            .expect("the descriptor came with its frame");
+        assert_eq!(&*map(&got, 6).unwrap(), b"shared");
+        assert!(reader.take_fd().is_none());
+        assert_eq!(
+            reader.read_frame(1 << 20).unwrap().unwrap().len(),
+            3 * READ_BUFFER
+        );
+        assert_eq!(reader.read_frame(1 << 20).unwrap().unwrap(), b"last");
+        writer.join().unwrap();
+        assert!(reader.read_frame(1 << 20).unwrap().is_none(), "clean end");
     }
 }

@@ -20,7 +20,7 @@ use serde_bytes::ByteBuf;
 use crate::codec::Codec;
 
 /// Bumped whenever a message here changes shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The first bytes of every hello frame.
 pub const MAGIC: [u8; 4] = *b"PPW\x01";
 /// Environment variable with the worker's end of its stream (a file descriptor number).
@@ -111,13 +111,16 @@ pub enum Request {
         count: u32,
         batch: ByteBuf,
     },
-    /// [`Request::RunBatch`] with the batch in shared memory (a sealed memfd the
-    /// supervisor keeps open until the task resolves); for large arguments.
+    /// [`Request::RunBatch`] with the batch in shared memory, for large arguments.
+    /// Two descriptors come with the frame (`SCM_RIGHTS`): a read-only region whose
+    /// first `len` bytes are the batch, then the task's scratch, a region the worker
+    /// may write its outcomes into (see `payload`). Answered like `RunBatch`, or by
+    /// [`Reply::DoneBatchInScratch`].
     RunBatchShared {
         task: u64,
         job: u32,
         count: u32,
-        region: SharedRegion,
+        len: u64,
     },
     /// Use these start-or-revoke slots (see `slots`) before starting each task;
     /// sent once, before any task, by a supervisor that sends tasks ahead.
@@ -152,11 +155,15 @@ pub enum Reply {
     /// [`BatchOutcomes<Output>`].
     DoneBatch { task: u64, outcomes: ByteBuf },
     /// [`Reply::DoneBatch`] with the `len` bytes of outcomes in a sealed memfd, attached
-    /// to this frame (`SCM_RIGHTS`); for large results.
+    /// to this frame (`SCM_RIGHTS`); for large results to a request without a scratch.
     DoneBatchShared { task: u64, len: u64 },
+    /// [`Reply::DoneBatch`] with the outcomes in the first `len` bytes of the scratch
+    /// that came with the [`Request::RunBatchShared`]; the worker writes it no more.
+    DoneBatchInScratch { task: u64, len: u64 },
 }
 
-/// Where a shared payload is: descriptor `fd` of process `pid`, `len` bytes, sealed.
+/// Where a shared region is: descriptor `fd` of process `pid` (opened through
+/// `/proc`), `len` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedRegion {
     pub pid: u32,

@@ -1,6 +1,6 @@
 //! The worker's side: announce the jobs, then run requests until the stream ends.
 
-use std::io::{self, BufReader};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +9,7 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::job::Registry;
-use crate::payload::{self, Encoded};
+use crate::payload::{self, Encoded, FrameReader, Region, SpillTo};
 use crate::protocol::{
     self, DEFAULT_MAX_FRAME, ENV_SUPERVISOR_PID, ENV_WORKER_FD, Hello, Outcome, ProtocolError,
     Reply, Request,
@@ -117,13 +117,26 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
     let mut writer = stream.try_clone()?;
     protocol::write_frame(&mut writer, &protocol::hello_frame(&hello)?)?;
 
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut reader = FrameReader::new(stream);
     let mut slots: Option<Slots> = None;
     // Tasks received so far: the supervisor counts the same way.
     let mut seq = 0u64;
     let mut shared = None;
-    while let Some(body) = protocol::read_frame(&mut reader, DEFAULT_MAX_FRAME)? {
+    while let Some(body) = reader.read_frame(DEFAULT_MAX_FRAME)? {
         let request = protocol::decode::<Request>(&body)?;
+        // A shared batch's descriptors came with its frame: take them even for a task
+        // skipped below, so descriptors and frames stay paired.
+        let regions = match request {
+            Request::RunBatchShared { .. } => match (reader.take_fd(), reader.take_fd()) {
+                (Some(arguments), Some(scratch)) => Some((arguments, scratch)),
+                _ => {
+                    return Err(ProtocolError::Decode(
+                        "a shared batch came without its two descriptors".into(),
+                    ));
+                }
+            },
+            _ => None,
+        };
         if let Some(task) = request.task() {
             seq += 1;
             if slots.as_ref().is_some_and(|s| !s.start(seq - 1, task)) {
@@ -177,29 +190,41 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                 job,
                 count,
                 batch,
-            } => run_batch(registry, task, job, count, Ok(&batch), &mut shared),
+            } => run_batch(
+                registry,
+                task,
+                job,
+                count,
+                Ok(&batch),
+                SpillTo::Sealed,
+                &mut shared,
+            ),
             Request::RunBatchShared {
                 task,
                 job,
                 count,
-                region,
+                len,
             } => {
-                let mapped = payload::open_remote(region.pid, region.fd)
-                    .and_then(|fd| payload::map(&fd, region.len))
+                let (arguments, scratch) = regions.ok_or_else(|| {
+                    ProtocolError::Decode("a shared batch without its descriptors".into())
+                })?;
+                let mapped = payload::map_arguments(&arguments, len)
                     .map_err(|e| format!("cannot map the shared arguments: {e}"));
-                run_batch(
-                    registry,
-                    task,
-                    job,
-                    count,
-                    mapped.as_deref().map_err(Clone::clone),
-                    &mut shared,
-                )
+                let out = Region::adopt(scratch)
+                    .map(SpillTo::Scratch)
+                    .map_err(|e| format!("cannot map the task's scratch: {e}"));
+                let batch = match (&mapped, &out) {
+                    (Ok(mapped), Ok(_)) => Ok(&mapped[..]),
+                    (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+                };
+                let out = out.unwrap_or(SpillTo::Sealed);
+                run_batch(registry, task, job, count, batch, out, &mut shared)
             }
         };
         if let Some(memfd) = shared.take() {
             // A large result: its memfd goes with the reply.
-            payload::send_with_fd(&writer, &protocol::frame(&reply)?, memfd.as_raw_fd())?;
+            let frame = protocol::frame(&reply)?;
+            payload::send_with_fds(&writer, &frame, &[memfd.as_raw_fd()])?;
             continue;
         }
         let failed_init = matches!(reply, Reply::InitFailed { .. });
@@ -212,18 +237,19 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
 }
 
 /// Runs a batch (`batch` is its encoded arguments, or why they could not be read).
-/// Outcomes too large for the stream are in a memfd, left in `shared` to go with the
-/// reply.
+/// Outcomes too large for the stream go where `out` says: the task's scratch, or a
+/// sealed memfd left in `shared` to go with the reply.
 fn run_batch(
     registry: &Registry,
     task: u64,
     job: u32,
     count: u32,
     batch: Result<&[u8], String>,
+    out: SpillTo,
     shared: &mut Option<OwnedFd>,
 ) -> Reply {
     let ran = match (registry.get(job), batch) {
-        (Some(entry), Ok(batch)) => run_busy(|| entry.call_batch(batch)),
+        (Some(entry), Ok(batch)) => run_busy(|| entry.call_batch(batch, out)),
         (None, _) => Err(format!("no job with index {job}")),
         (_, Err(message)) => Err(message),
     };
@@ -232,13 +258,18 @@ fn run_batch(
             task,
             outcomes: outcomes.into(),
         },
-        Ok(Encoded::Shared { fd, len }) => {
+        Ok(Encoded::Sealed { fd, len }) => {
             *shared = Some(fd);
             Reply::DoneBatchShared {
                 task,
                 len: len as u64,
             }
         }
+        // The worker's view of the scratch is unmapped here: it writes it no more.
+        Ok(Encoded::InRegion { len, .. }) => Reply::DoneBatchInScratch {
+            task,
+            len: len as u64,
+        },
         Err(message) => Reply::Done {
             task,
             outcomes: vec![Outcome::Codec(message); count as usize],

@@ -285,31 +285,94 @@ impl Drop for SharedMemory {
     }
 }
 
-/// A read-only mapping of a sealed memfd (see `payload::map`): its bytes cannot change
-/// while it lives.
-pub struct SealedBytes(SharedMemory);
+/// A read-only mapping of a payload whose bytes cannot change while it lives: a sealed
+/// memfd (see `payload::map`), or a task's arguments, which the supervisor does not
+/// write while the task is in flight and the worker holds read-only.
+pub struct MappedBytes(SharedMemory);
 
-/// Maps `len` bytes of `fd` read-only. The caller has checked the seals
-/// (`F_SEAL_WRITE`, `F_SEAL_SHRINK`) and that the file has `len` bytes.
-pub(crate) fn map_sealed(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<SealedBytes> {
-    SharedMemory::map(fd, len, false).map(SealedBytes)
+/// Maps `len` bytes of `fd` read-only. The caller has made sure that nothing changes
+/// them while the mapping lives (seals, or the payload protocol), and that the file
+/// has at least `len` bytes.
+pub(crate) fn map_read_only(
+    fd: std::os::fd::BorrowedFd<'_>,
+    len: usize,
+) -> io::Result<MappedBytes> {
+    SharedMemory::map(fd, len, false).map(MappedBytes)
 }
 
-impl std::ops::Deref for SealedBytes {
+impl std::ops::Deref for MappedBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         // SAFETY: the mapping holds `len` readable bytes (or is dangling with `len` 0)
-        // for as long as `self` lives, and the seals checked before mapping keep them
-        // from changing or going away, so an immutable slice over them is sound.
+        // for as long as `self` lives, and (see `map_read_only`) they do not change
+        // while it does, so an immutable slice over them is sound.
         unsafe { std::slice::from_raw_parts(self.0.as_ptr(), self.0.len()) }
     }
 }
 
-impl std::fmt::Debug for SealedBytes {
+impl std::fmt::Debug for MappedBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealedBytes")
+        f.debug_struct("MappedBytes")
             .field("len", &self.0.len())
             .finish()
+    }
+}
+
+/// A read-write mapping of a payload region (`payload::Region`). The payload protocol
+/// gives one process at a time the right to write a region, and lets the other read it
+/// only after a frame has told it the writes are done; under that rule these are plain
+/// copies in and slices out.
+pub struct RegionMap(SharedMemory);
+
+impl RegionMap {
+    /// Maps the first `len` bytes of `fd` read-write.
+    pub(crate) fn map(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<RegionMap> {
+        SharedMemory::map(fd, len, true).map(RegionMap)
+    }
+
+    /// Its length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Copies `bytes` in at `offset`.
+    ///
+    /// # Panics
+    /// If the range is out of bounds.
+    pub(crate) fn copy_in(&mut self, offset: usize, bytes: &[u8]) {
+        let end = offset.checked_add(bytes.len());
+        assert!(
+            end.is_some_and(|end| end <= self.0.len()),
+            "{} bytes at {offset} in a region of {}",
+            bytes.len(),
+            self.0.len()
+        );
+        if bytes.is_empty() {
+            return;
+        }
+        // SAFETY: in bounds (asserted) of a live mapping; `&mut self` means no slice
+        // from `bytes` is alive in this process, and the protocol keeps the other
+        // process off the region while this one writes it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.0.as_ptr().add(offset), bytes.len())
+        }
+    }
+
+    /// The first `len` bytes.
+    ///
+    /// # Panics
+    /// If `len` is past the end.
+    pub(crate) fn bytes(&self, len: usize) -> &[u8] {
+        assert!(
+            len <= self.0.len(),
+            "{len} bytes of a region of {}",
+            self.0.len()
+        );
+        // SAFETY: in bounds (asserted) of a mapping that lives as long as the borrow;
+        // nothing in this process writes it while the slice lives (writes take `&mut
+        // self`), and the protocol keeps the other process from writing it while this
+        // one reads.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), len) }
     }
 }
 
