@@ -403,17 +403,129 @@ pub fn map(fd: &OwnedFd, len: u64) -> io::Result<MappedBytes> {
     sys::map_read_only(fd.as_fd(), len)
 }
 
-/// Maps the first `len` bytes of a task's arguments read-only: a region of the
-/// supervisor's, which it does not write while the task is in flight.
-pub fn map_arguments(fd: &OwnedFd, len: u64) -> io::Result<MappedBytes> {
-    let size = File::from(fd.try_clone()?).metadata()?.len();
-    if size < len {
-        return Err(io::Error::other(format!(
-            "arguments of {len} bytes announced in a region of {size}"
-        )));
+/// A worker's mappings of the supervisor's regions, kept from task to task. The
+/// supervisor reuses its regions, so the next time a kept region comes, its pages are
+/// mapped already (no page faults), and nothing is unmapped per task. At most
+/// [`MAPPINGS_KEPT`] are kept, the least recently used dropped first, and none past
+/// [`KEEP_BELOW`] bytes: a kept mapping keeps its memfd's memory alive after the
+/// supervisor lets it go.
+#[derive(Default)]
+pub struct Mappings {
+    kept: Vec<Kept>,
+    clock: u64,
+}
+
+struct Kept {
+    /// The memfd's device and inode.
+    file: (u64, u64),
+    used: u64,
+    map: KeptMap,
+}
+
+enum KeptMap {
+    /// Read-only: a task's arguments.
+    Arguments(RegionMap),
+    /// Read-write: a task's scratch.
+    Scratch(Region),
+}
+
+/// Regions a worker keeps mapped, at most.
+const MAPPINGS_KEPT: usize = 4;
+/// The largest region a worker keeps mapped.
+const KEEP_BELOW: usize = 64 << 20;
+
+/// The memfd's identity (device, inode) and size.
+fn identity(fd: impl AsFd) -> io::Result<((u64, u64), usize)> {
+    let stat = nix::sys::stat::fstat(fd)?;
+    let size = usize::try_from(stat.st_size).map_err(|_| io::Error::other("bad region size"))?;
+    Ok(((stat.st_dev as u64, stat.st_ino as u64), size))
+}
+
+impl Mappings {
+    /// The first `len` bytes of a task's arguments: a region of the supervisor's, sent
+    /// read-only, which it does not write while the task is in flight.
+    pub fn arguments(&mut self, fd: &OwnedFd, len: u64) -> io::Result<&[u8]> {
+        let (file, size) = identity(fd)?;
+        let len = usize::try_from(len).map_err(|_| io::Error::other("payload too large"))?;
+        if size < len {
+            return Err(io::Error::other(format!(
+                "arguments of {len} bytes announced in a region of {size}"
+            )));
+        }
+        let found = self.kept.iter().position(|k| {
+            k.file == file && matches!(&k.map, KeptMap::Arguments(m) if m.len() >= len)
+        });
+        let at = match found {
+            Some(at) => at,
+            None => {
+                // Not kept, or kept shorter than the region has grown since.
+                self.kept
+                    .retain(|k| !(k.file == file && matches!(k.map, KeptMap::Arguments(_))));
+                let map = RegionMap::map_read_only(fd.as_fd(), size)?;
+                self.insert(file, KeptMap::Arguments(map))
+            }
+        };
+        self.clock += 1;
+        let kept = &mut self.kept[at];
+        kept.used = self.clock;
+        match &kept.map {
+            KeptMap::Arguments(map) => Ok(map.bytes(len)),
+            KeptMap::Scratch(_) => Err(io::Error::other("a scratch kept as arguments")),
+        }
     }
-    let len = usize::try_from(len).map_err(|_| io::Error::other("payload too large"))?;
-    sys::map_read_only(fd.as_fd(), len)
+
+    /// The task's scratch behind `fd`, taken out until [`Mappings::keep`] gives it back.
+    pub fn scratch(&mut self, fd: OwnedFd) -> io::Result<Region> {
+        let (file, _) = identity(&fd)?;
+        let found = self
+            .kept
+            .iter()
+            .position(|k| k.file == file && matches!(k.map, KeptMap::Scratch(_)));
+        match found.map(|at| self.kept.swap_remove(at).map) {
+            Some(KeptMap::Scratch(mut region)) => {
+                // Another worker may have grown it since.
+                region.refresh()?;
+                Ok(region)
+            }
+            _ => Region::adopt(fd),
+        }
+    }
+
+    /// Keeps a scratch mapped for next time.
+    pub fn keep(&mut self, region: Region) {
+        if let Ok((file, _)) = identity(&region.file) {
+            self.clock += 1;
+            self.insert(file, KeptMap::Scratch(region));
+        }
+    }
+
+    /// Adds a mapping, dropping the least recently used past the limit and any too
+    /// large to keep (but the new one, which is about to be used); its index.
+    fn insert(&mut self, file: (u64, u64), map: KeptMap) -> usize {
+        self.kept.retain(|k| k.map.len() < KEEP_BELOW);
+        while self.kept.len() >= MAPPINGS_KEPT {
+            let oldest = self.kept.iter().enumerate().min_by_key(|(_, k)| k.used);
+            match oldest.map(|(at, _)| at) {
+                Some(at) => drop(self.kept.swap_remove(at)),
+                None => break,
+            }
+        }
+        self.kept.push(Kept {
+            file,
+            used: self.clock,
+            map,
+        });
+        self.kept.len() - 1
+    }
+}
+
+impl KeptMap {
+    fn len(&self) -> usize {
+        match self {
+            KeptMap::Arguments(map) => map.len(),
+            KeptMap::Scratch(region) => region.capacity(),
+        }
+    }
 }
 
 /// Writes all of `bytes` to `stream`, with `fds` attached to the first byte.
@@ -655,10 +767,11 @@ mod tests {
             };
             // What a worker maps through the read-only descriptor is the same.
             let read_only = region.read_only_fd().unwrap();
-            let mapped = map_arguments(&read_only, len as u64).unwrap();
+            let mut mappings = Mappings::default();
+            let mapped = mappings.arguments(&read_only, len as u64).unwrap();
             let bytes = region.bytes(len).unwrap();
             assert!(many_ok(bytes) || large_ok(bytes));
-            assert_eq!(&mapped[..], bytes);
+            assert_eq!(mapped, bytes);
         }
     }
 
@@ -684,7 +797,51 @@ mod tests {
         let mut region = Region::new(REGION_STEP).unwrap();
         let read_only = region.read_only_fd().unwrap();
         assert!(Region::adopt(read_only).is_err(), "mapped writable");
-        assert!(map_arguments(&region.read_only_fd().unwrap(), 2 * REGION_STEP as u64).is_err());
+        let mut mappings = Mappings::default();
+        let too_long = 2 * REGION_STEP as u64;
+        assert!(
+            mappings
+                .arguments(&region.read_only_fd().unwrap(), too_long)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_worker_keeps_regions_mapped_from_task_to_task_within_bounds() {
+        let mut mappings = Mappings::default();
+        let mut owner = Region::new(REGION_STEP).unwrap();
+        owner.write_at(0, b"first").unwrap();
+        let arguments = owner.read_only_fd().unwrap();
+        assert_eq!(mappings.arguments(&arguments, 5).unwrap(), b"first");
+        // The supervisor writes the region again for a later task (and grows it):
+        // the kept mapping shows the new bytes, remapped to the new size.
+        owner.write_at(0, b"second").unwrap();
+        assert_eq!(mappings.arguments(&arguments, 6).unwrap(), b"second");
+        owner.write_at(3 * REGION_STEP, b"far").unwrap();
+        let len = 3 * REGION_STEP as u64 + 3;
+        let far = mappings.arguments(&arguments, len).unwrap();
+        assert_eq!(&far[3 * REGION_STEP..], b"far");
+
+        // A scratch comes back as the same mapping, refreshed if another process grew it.
+        let mut scratch = mappings.scratch(owner.fd().unwrap()).unwrap();
+        scratch.write_at(0, b"out").unwrap();
+        mappings.keep(scratch);
+        owner.write_at(8 * REGION_STEP, b"grown elsewhere").unwrap();
+        let again = mappings.scratch(owner.fd().unwrap()).unwrap();
+        assert!(again.capacity() >= 8 * REGION_STEP + 15);
+        assert_eq!(again.bytes(3).unwrap(), b"out");
+        mappings.keep(again);
+
+        // Never more than the limit, and nothing too large to keep.
+        for _ in 0..2 * MAPPINGS_KEPT {
+            let other = Region::new(REGION_STEP).unwrap();
+            mappings.arguments(&other.fd().unwrap(), 1).unwrap();
+        }
+        assert_eq!(mappings.kept.len(), MAPPINGS_KEPT);
+        let huge = Region::new(KEEP_BELOW).unwrap();
+        mappings.arguments(&huge.fd().unwrap(), 1).unwrap();
+        mappings.arguments(&owner.fd().unwrap(), 1).unwrap();
+        assert!(mappings.kept.iter().all(|k| k.map.len() < KEEP_BELOW));
     }
 
     #[test]

@@ -122,6 +122,7 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
     // Tasks received so far: the supervisor counts the same way.
     let mut seq = 0u64;
     let mut shared = None;
+    let mut mappings = payload::Mappings::default();
     while let Some(body) = reader.read_frame(DEFAULT_MAX_FRAME)? {
         let request = protocol::decode::<Request>(&body)?;
         // A shared batch's descriptors came with its frame: take them even for a task
@@ -190,15 +191,10 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                 job,
                 count,
                 batch,
-            } => run_batch(
-                registry,
-                task,
-                job,
-                count,
-                Ok(&batch),
-                SpillTo::Sealed,
-                &mut shared,
-            ),
+            } => {
+                let out = SpillTo::Sealed;
+                run_batch(registry, task, job, count, Ok(&batch), out, &mut shared).0
+            }
             Request::RunBatchShared {
                 task,
                 job,
@@ -208,17 +204,25 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                 let (arguments, scratch) = regions.ok_or_else(|| {
                     ProtocolError::Decode("a shared batch without its descriptors".into())
                 })?;
-                let mapped = payload::map_arguments(&arguments, len)
-                    .map_err(|e| format!("cannot map the shared arguments: {e}"));
-                let out = Region::adopt(scratch)
+                let out = mappings
+                    .scratch(scratch)
                     .map(SpillTo::Scratch)
                     .map_err(|e| format!("cannot map the task's scratch: {e}"));
-                let batch = match (&mapped, &out) {
-                    (Ok(mapped), Ok(_)) => Ok(&mapped[..]),
-                    (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+                let mapped = mappings
+                    .arguments(&arguments, len)
+                    .map_err(|e| format!("cannot map the shared arguments: {e}"));
+                let batch = match (mapped, &out) {
+                    (Ok(mapped), Ok(_)) => Ok(mapped),
+                    (Err(e), _) => Err(e),
+                    (_, Err(e)) => Err(e.clone()),
                 };
                 let out = out.unwrap_or(SpillTo::Sealed);
-                run_batch(registry, task, job, count, batch, out, &mut shared)
+                let (reply, scratch) =
+                    run_batch(registry, task, job, count, batch, out, &mut shared);
+                if let Some(scratch) = scratch {
+                    mappings.keep(scratch);
+                }
+                reply
             }
         };
         if let Some(memfd) = shared.take() {
@@ -237,8 +241,9 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
 }
 
 /// Runs a batch (`batch` is its encoded arguments, or why they could not be read).
-/// Outcomes too large for the stream go where `out` says: the task's scratch, or a
-/// sealed memfd left in `shared` to go with the reply.
+/// Outcomes too large for the stream go where `out` says: the task's scratch (given
+/// back with the reply, to keep mapped), or a sealed memfd left in `shared` to go with
+/// the reply.
 fn run_batch(
     registry: &Registry,
     task: u64,
@@ -247,13 +252,13 @@ fn run_batch(
     batch: Result<&[u8], String>,
     out: SpillTo,
     shared: &mut Option<OwnedFd>,
-) -> Reply {
+) -> (Reply, Option<Region>) {
     let ran = match (registry.get(job), batch) {
         (Some(entry), Ok(batch)) => run_busy(|| entry.call_batch(batch, out)),
         (None, _) => Err(format!("no job with index {job}")),
         (_, Err(message)) => Err(message),
     };
-    match ran {
+    let reply = match ran {
         Ok(Encoded::Inline(outcomes)) => Reply::DoneBatch {
             task,
             outcomes: outcomes.into(),
@@ -265,16 +270,19 @@ fn run_batch(
                 len: len as u64,
             }
         }
-        // The worker's view of the scratch is unmapped here: it writes it no more.
-        Ok(Encoded::InRegion { len, .. }) => Reply::DoneBatchInScratch {
-            task,
-            len: len as u64,
-        },
+        Ok(Encoded::InRegion { len, region }) => {
+            let reply = Reply::DoneBatchInScratch {
+                task,
+                len: len as u64,
+            };
+            return (reply, Some(region));
+        }
         Err(message) => Reply::Done {
             task,
             outcomes: vec![Outcome::Codec(message); count as usize],
         },
-    }
+    };
+    (reply, None)
 }
 
 fn run_busy<R>(f: impl FnOnce() -> R) -> R {

@@ -318,34 +318,54 @@ impl std::fmt::Debug for MappedBytes {
     }
 }
 
-/// A read-write mapping of a payload region (`payload::Region`). The payload protocol
-/// gives one process at a time the right to write a region, and lets the other read it
-/// only after a frame has told it the writes are done; under that rule these are plain
-/// copies in and slices out.
-pub struct RegionMap(SharedMemory);
+/// A mapping of a payload region (`payload::Region`), read-write or read-only. The
+/// payload protocol gives one process at a time the right to write a region, and lets
+/// the other read it only after a frame has told it the writes are done; under that
+/// rule these are plain copies in and slices out.
+pub struct RegionMap {
+    map: SharedMemory,
+    writable: bool,
+}
 
 impl RegionMap {
     /// Maps the first `len` bytes of `fd` read-write.
     pub(crate) fn map(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<RegionMap> {
-        SharedMemory::map(fd, len, true).map(RegionMap)
+        let map = SharedMemory::map(fd, len, true)?;
+        Ok(RegionMap {
+            map,
+            writable: true,
+        })
+    }
+
+    /// Maps the first `len` bytes of `fd` read-only (a task's arguments, in a worker).
+    pub(crate) fn map_read_only(
+        fd: std::os::fd::BorrowedFd<'_>,
+        len: usize,
+    ) -> io::Result<RegionMap> {
+        let map = SharedMemory::map(fd, len, false)?;
+        Ok(RegionMap {
+            map,
+            writable: false,
+        })
     }
 
     /// Its length in bytes.
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.map.len()
     }
 
     /// Copies `bytes` in at `offset`.
     ///
     /// # Panics
-    /// If the range is out of bounds.
+    /// If the mapping is read-only or the range is out of bounds.
     pub(crate) fn copy_in(&mut self, offset: usize, bytes: &[u8]) {
+        assert!(self.writable, "a write to a read-only region");
         let end = offset.checked_add(bytes.len());
         assert!(
-            end.is_some_and(|end| end <= self.0.len()),
+            end.is_some_and(|end| end <= self.map.len()),
             "{} bytes at {offset} in a region of {}",
             bytes.len(),
-            self.0.len()
+            self.map.len()
         );
         if bytes.is_empty() {
             return;
@@ -354,7 +374,11 @@ impl RegionMap {
         // from `bytes` is alive in this process, and the protocol keeps the other
         // process off the region while this one writes it.
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.0.as_ptr().add(offset), bytes.len())
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.as_ptr().add(offset),
+                bytes.len(),
+            )
         }
     }
 
@@ -364,15 +388,15 @@ impl RegionMap {
     /// If `len` is past the end.
     pub(crate) fn bytes(&self, len: usize) -> &[u8] {
         assert!(
-            len <= self.0.len(),
+            len <= self.map.len(),
             "{len} bytes of a region of {}",
-            self.0.len()
+            self.map.len()
         );
         // SAFETY: in bounds (asserted) of a mapping that lives as long as the borrow;
         // nothing in this process writes it while the slice lives (writes take `&mut
         // self`), and the protocol keeps the other process from writing it while this
         // one reads.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), len) }
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), len) }
     }
 }
 
