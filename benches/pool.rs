@@ -41,7 +41,10 @@ struct Settings {
     quick: bool,
 }
 
+/// The median of `reps` runs of `f`, after one more run that is not counted (a warm-up,
+/// as the Python baseline also has).
 fn median(reps: usize, mut f: impl FnMut() -> f64) -> f64 {
+    f();
     let mut v: Vec<f64> = (0..reps).map(|_| f()).collect();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]

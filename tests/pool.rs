@@ -131,6 +131,43 @@ fn a_job_error_is_failed_with_its_message_and_map_reports_the_first_in_order() {
 }
 
 #[test]
+fn failures_and_panics_inside_one_chunk_keep_their_places() {
+    let pool = pool(1);
+    // One chunk: failures first, last, and next to each other, among values.
+    let inputs = [3, 1, 6, 9, 2, 4, 12];
+    let all = pool
+        .map_results_chunked(fail_on_threes, inputs, inputs.len())
+        .unwrap();
+    let failed = |x: u64| {
+        Err(JobError::Failed {
+            message: format!("{x} is a multiple of three"),
+        })
+    };
+    assert_eq!(
+        all,
+        vec![
+            failed(3),
+            Ok(1),
+            failed(6),
+            failed(9),
+            Ok(2),
+            Ok(4),
+            failed(12)
+        ]
+    );
+    assert_eq!(
+        pool.map_chunked(fail_on_threes, inputs, inputs.len()),
+        failed(3).map(|x| vec![x])
+    );
+    let crashes = [Crash::None, Crash::Panic, Crash::None];
+    let got = pool.map_results_chunked(crash, crashes, 3).unwrap();
+    assert_eq!(got[0], Ok(7));
+    assert!(matches!(&got[1], Err(JobError::Panicked { .. })), "{got:?}");
+    assert_eq!(got[2], Ok(7));
+    close_and_check(pool);
+}
+
+#[test]
 fn a_panic_is_reported_and_the_worker_lives_on() {
     let pool = pool(1);
     let before = pool.worker_pids();

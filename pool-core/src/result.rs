@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use pool_worker::Codec;
 use pool_worker::payload::{self, MappedBytes, Region};
-use pool_worker::protocol::{BatchOutcomes, ItemOutcome, Outcome, Reply};
+use pool_worker::protocol::{BatchOutcomes, ItemFailure, Outcome, Reply};
 use serde::de::DeserializeOwned;
 
 use crate::error::JobError;
@@ -130,18 +130,29 @@ pub(crate) trait Sink: Send + Sync {
 }
 
 /// Decodes a delivery into the caller's type: one decode per argument, or one for the
-/// whole batch. A batch that does not decode, or has the wrong length, fails every
-/// argument rather than guessing which is which.
+/// whole batch. A batch that does not decode, or does not account for each argument
+/// once, fails every argument rather than guessing which is which.
 pub(crate) fn decode_delivery<T: DeserializeOwned>(delivery: Delivery) -> Outcomes<T> {
     let (count, bytes) = match delivery {
         Delivery::Items(raw) => return raw.into_iter().map(decode).collect(),
         Delivery::Batch { count, bytes } => (count, bytes),
     };
-    match decode_batch::<T>(&bytes, count) {
-        Ok(BatchOutcomes::AllOk(values)) => values.into_iter().map(Ok).collect(),
-        Ok(BatchOutcomes::Mixed(items)) => items.into_iter().map(item_result).collect(),
-        Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
-    }
+    let outcomes = match decode_batch::<T>(&bytes, count) {
+        Ok(outcomes) => outcomes,
+        Err(e) => return (0..count).map(|_| Err(e.clone())).collect(),
+    };
+    // Checked: the failures' places are in order and within the batch, and the values
+    // fill the other places exactly.
+    let mut values = outcomes.values.into_iter();
+    let mut failures = outcomes.failures.into_iter().peekable();
+    (0..count)
+        .map(|at| match failures.next_if(|f| f.index as usize == at) {
+            Some(failure) => Err(failure_error(failure)),
+            None => values.next().ok_or_else(|| JobError::Codec {
+                message: format!("no result for argument {at}"),
+            }),
+        })
+        .collect()
 }
 
 /// Decodes a delivery for a caller that wants values or the first error (`map`):
@@ -152,17 +163,14 @@ pub(crate) fn decode_values<T: DeserializeOwned>(delivery: Delivery) -> Result<V
         Delivery::Items(raw) => return raw.into_iter().map(decode).collect(),
         Delivery::Batch { count, bytes } => (count, bytes),
     };
-    let values = match decode_batch::<T>(&bytes, count)? {
-        BatchOutcomes::AllOk(values) => values,
-        BatchOutcomes::Mixed(items) => items
-            .into_iter()
-            .map(item_result)
-            .collect::<Result<_, _>>()?,
-    };
-    Ok(values)
+    let outcomes = decode_batch::<T>(&bytes, count)?;
+    match outcomes.failures.into_iter().next() {
+        Some(failure) => Err(failure_error(failure)),
+        None => Ok(outcomes.values),
+    }
 }
 
-/// A batch's outcomes, checked to be `count`.
+/// A batch's outcomes, checked to account for each of `count` arguments once.
 fn decode_batch<T: DeserializeOwned>(
     bytes: &[u8],
     count: usize,
@@ -173,23 +181,31 @@ fn decode_batch<T: DeserializeOwned>(
             std::any::type_name::<T>()
         ),
     })?;
-    let len = match &outcomes {
-        BatchOutcomes::AllOk(v) => v.len(),
-        BatchOutcomes::Mixed(v) => v.len(),
-    };
-    if len != count {
+    let (values, failures) = (outcomes.values.len(), outcomes.failures.len());
+    let in_order = outcomes
+        .failures
+        .windows(2)
+        .all(|pair| pair[0].index < pair[1].index);
+    let within = outcomes
+        .failures
+        .last()
+        .is_none_or(|f| (f.index as usize) < count);
+    if values + failures != count || !in_order || !within {
         return Err(JobError::Codec {
-            message: format!("{len} results for {count} arguments"),
+            message: format!(
+                "{values} results and {failures} failures do not account for {count} arguments"
+            ),
         });
     }
     Ok(outcomes)
 }
 
-fn item_result<T>(item: ItemOutcome<T>) -> Result<T, JobError> {
-    match item {
-        ItemOutcome::Ok(v) => Ok(v),
-        ItemOutcome::Failed(message) => Err(JobError::Failed { message }),
-        ItemOutcome::Panicked(message) => Err(JobError::Panicked { message }),
+fn failure_error(failure: ItemFailure) -> JobError {
+    let message = failure.message;
+    if failure.panicked {
+        JobError::Panicked { message }
+    } else {
+        JobError::Failed { message }
     }
 }
 

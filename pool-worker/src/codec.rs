@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::payload::{Encoded, SpillTo, SpillWriter};
+use crate::protocol::ItemFailure;
 
 /// The encoding of a task's argument and result bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -39,19 +40,26 @@ impl Codec {
         value: &T,
         to: SpillTo,
     ) -> Result<Encoded, String> {
-        struct Spill(SpillWriter);
-        impl bincode::enc::write::Writer for Spill {
-            #[inline(always)]
-            fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
-                self.0
-                    .write(bytes)
-                    .map_err(|inner| bincode::error::EncodeError::Io { inner, index: 0 })
-            }
-        }
         let mut out = Spill(SpillWriter::new(to));
         bincode::serde::encode_into_writer(value, &mut out, bincode_config())
             .map_err(|e| e.to_string())?;
         out.0.finish().map_err(|e| e.to_string())
+    }
+
+    /// The elements of a bincode `Vec<T>` (or slice), decoded one at a time as they are
+    /// taken, so a batch of arguments is never held decoded all at once.
+    pub(crate) fn decode_each<T: DeserializeOwned>(
+        bytes: &[u8],
+    ) -> Result<DecodeEach<'_, T>, String> {
+        // Fixed-width integers: the length is a little-endian u64.
+        let (len, rest) = bytes
+            .split_first_chunk::<8>()
+            .ok_or("no length before the elements")?;
+        Ok(DecodeEach {
+            rest,
+            left: u64::from_le_bytes(*len),
+            _element: std::marker::PhantomData,
+        })
     }
 
     /// Decodes a whole value from `bytes`; trailing bytes are an error.
@@ -74,9 +82,100 @@ impl Codec {
     }
 }
 
+/// The elements of an encoded sequence, see [`Codec::decode_each`].
+pub(crate) struct DecodeEach<'a, T> {
+    rest: &'a [u8],
+    left: u64,
+    _element: std::marker::PhantomData<T>,
+}
+
+impl<T: DeserializeOwned> DecodeEach<'_, T> {
+    /// Checks that the bytes end with the last element.
+    pub fn finish(self) -> Result<(), String> {
+        match (self.left, self.rest.len()) {
+            (0, 0) => Ok(()),
+            (0, extra) => Err(format!("{extra} trailing bytes after the elements")),
+            (left, _) => Err(format!("{left} elements not taken")),
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Iterator for DecodeEach<'_, T> {
+    type Item = Result<T, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        Some(
+            match bincode::serde::decode_from_slice::<T, _>(self.rest, bincode_config()) {
+                Ok((value, used)) => {
+                    self.rest = &self.rest[used..];
+                    Ok(value)
+                }
+                Err(e) => {
+                    // Nothing after a broken element can be found.
+                    self.left = 0;
+                    Err(e.to_string())
+                }
+            },
+        )
+    }
+}
+
+/// Writes a batch's outcomes (a `BatchOutcomes<T>`) value by value as they come, into
+/// memory or past the threshold into shared memory, with no vector of values between.
+pub(crate) struct OutcomesWriter {
+    out: Spill,
+    values: u64,
+}
+
+/// bincode's writer over a [`SpillWriter`].
+struct Spill(SpillWriter);
+
+impl bincode::enc::write::Writer for Spill {
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0
+            .write(bytes)
+            .map_err(|inner| bincode::error::EncodeError::Io { inner, index: 0 })
+    }
+}
+
+impl OutcomesWriter {
+    pub fn new(to: SpillTo) -> Result<OutcomesWriter, String> {
+        let mut out = Spill(SpillWriter::new(to));
+        // The number of values, filled in by `finish`.
+        out.0.write(&[0; 8]).map_err(|e| e.to_string())?;
+        Ok(OutcomesWriter { out, values: 0 })
+    }
+
+    /// The next argument's value.
+    #[inline]
+    pub fn value<T: Serialize>(&mut self, value: &T) -> Result<(), String> {
+        bincode::serde::encode_into_writer(value, &mut self.out, bincode_config())
+            .map_err(|e| e.to_string())?;
+        self.values += 1;
+        Ok(())
+    }
+
+    /// Ends with the failures (in argument order).
+    pub fn finish(mut self, failures: &[ItemFailure]) -> Result<Encoded, String> {
+        bincode::serde::encode_into_writer(failures, &mut self.out, bincode_config())
+            .map_err(|e| e.to_string())?;
+        self.out
+            .0
+            .patch(0, &self.values.to_le_bytes())
+            .map_err(|e| e.to_string())?;
+        self.out.0.finish().map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::BatchOutcomes;
 
     #[test]
     fn round_trips_in_both_codecs() {
@@ -85,6 +184,47 @@ mod tests {
             let bytes = codec.encode(&v).unwrap();
             assert_eq!(codec.decode::<(u64, String, Vec<f64>)>(&bytes).unwrap(), v);
         }
+    }
+
+    #[test]
+    fn outcomes_written_value_by_value_decode_as_a_whole() {
+        let inputs: Vec<u64> = (0..100).collect();
+        let bytes = Codec::Bincode.encode(&inputs).unwrap();
+        let mut each = Codec::decode_each::<u64>(&bytes).unwrap();
+        let mut out = OutcomesWriter::new(SpillTo::Spare).unwrap();
+        let mut failures = Vec::new();
+        for (index, input) in each.by_ref().enumerate() {
+            let input = input.unwrap();
+            if input % 10 == 3 {
+                failures.push(ItemFailure {
+                    index: index as u32,
+                    panicked: false,
+                    message: format!("{input}"),
+                });
+            } else {
+                out.value(&(input * 2)).unwrap();
+            }
+        }
+        each.finish().unwrap();
+        let Encoded::Inline(encoded) = out.finish(&failures).unwrap() else {
+            panic!("small outcomes went to shared memory");
+        };
+        let back: BatchOutcomes<u64> = Codec::Bincode.decode(&encoded).unwrap();
+        assert_eq!(back.values.len(), 90);
+        assert_eq!(back.values[3], 8);
+        assert_eq!(back.failures, failures);
+
+        let mut short = Codec::decode_each::<u64>(&bytes[..bytes.len() - 4]).unwrap();
+        assert!(short.nth(99).unwrap().is_err(), "a cut element");
+        assert!(
+            Codec::decode_each::<u64>(&bytes[..5]).is_err(),
+            "a cut length"
+        );
+        let mut extra = bytes.clone();
+        extra.push(1);
+        let mut each = Codec::decode_each::<u64>(&extra).unwrap();
+        each.by_ref().for_each(drop);
+        assert!(each.finish().is_err(), "trailing bytes");
     }
 
     #[test]

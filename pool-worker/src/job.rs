@@ -6,9 +6,9 @@ use std::sync::OnceLock;
 
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::codec::Codec;
+use crate::codec::{Codec, OutcomesWriter};
 use crate::payload::{Encoded, SpillTo};
-use crate::protocol::{BatchOutcomes, ItemOutcome, JobInfo, Outcome};
+use crate::protocol::{ItemFailure, JobInfo, Outcome};
 
 /// A function that can run in a worker process.
 ///
@@ -71,45 +71,44 @@ impl JobEntry {
     /// Runs a bincode batch of arguments (a `Vec` of the job's argument type) and
     /// returns the encoded `BatchOutcomes<Output>` (large ones written where `out`
     /// says), or why the batch as a whole did not decode or its outcomes did not
-    /// encode. Every argument is decoded before the first runs. Never panics.
+    /// encode. Each argument is decoded as its turn comes, and each value encoded as
+    /// it is returned, so neither is held all at once. Never panics.
     pub fn call_batch(&self, batch: &[u8], out: SpillTo) -> Result<Encoded, String> {
         (self.call_batch)(batch, out)
     }
 }
 
 fn call_batch<J: Job>(batch: &[u8], out: SpillTo) -> Result<Encoded, String> {
-    let inputs: Vec<J::Input> = Codec::Bincode.decode(batch).map_err(|e| {
+    let undecodable = |e: String| {
         format!(
             "arguments of job `{}` do not decode as {}: {e}",
             J::NAME,
             std::any::type_name::<J::Input>()
         )
-    })?;
-    let outcome = |ran: Result<Result<J::Output, String>, String>| match ran {
-        Ok(Ok(output)) => ItemOutcome::Ok(output),
-        Ok(Err(message)) => ItemOutcome::Failed(message),
-        Err(message) => ItemOutcome::Panicked(message),
     };
-    let mut inputs = inputs.into_iter();
-    let mut values = Vec::with_capacity(inputs.len());
-    let mut outcomes = BatchOutcomes::AllOk(Vec::new());
-    while let Some(input) = inputs.next() {
-        match run_caught::<J>(input) {
-            Ok(Ok(value)) => values.push(value),
-            failed => {
-                // From the first failure on, each argument gets its own outcome.
-                let mut mixed: Vec<_> = values.drain(..).map(ItemOutcome::Ok).collect();
-                mixed.push(outcome(failed));
-                mixed.extend(inputs.by_ref().map(|i| outcome(run_caught::<J>(i))));
-                outcomes = BatchOutcomes::Mixed(mixed);
-            }
+    let unencodable = |e: String| format!("result of job `{}` does not encode: {e}", J::NAME);
+    let mut inputs = Codec::decode_each::<J::Input>(batch).map_err(undecodable)?;
+    let mut out = OutcomesWriter::new(out).map_err(unencodable)?;
+    let mut failures = Vec::new();
+    let mut index = 0u32;
+    for input in inputs.by_ref() {
+        match run_caught::<J>(input.map_err(undecodable)?) {
+            Ok(Ok(value)) => out.value(&value).map_err(unencodable)?,
+            Ok(Err(message)) => failures.push(ItemFailure {
+                index,
+                panicked: false,
+                message,
+            }),
+            Err(message) => failures.push(ItemFailure {
+                index,
+                panicked: true,
+                message,
+            }),
         }
+        index = index.saturating_add(1);
     }
-    if let BatchOutcomes::AllOk(all) = &mut outcomes {
-        *all = values;
-    }
-    Codec::encode_payload(&outcomes, out)
-        .map_err(|e| format!("result of job `{}` does not encode: {e}", J::NAME))
+    inputs.finish().map_err(undecodable)?;
+    out.finish(&failures).map_err(unencodable)
 }
 
 /// Runs the job, catching a panic as its message.

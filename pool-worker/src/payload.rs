@@ -358,6 +358,19 @@ impl SpillWriter {
         Ok(())
     }
 
+    /// Overwrites bytes already written at `offset`.
+    pub fn patch(&mut self, offset: usize, bytes: &[u8]) -> io::Result<()> {
+        let end = offset + bytes.len();
+        match &mut self.region {
+            Some((region, at)) if end <= *at => region.write_at(offset, bytes),
+            None if end <= self.bytes.len() => {
+                self.bytes[offset..end].copy_from_slice(bytes);
+                Ok(())
+            }
+            _ => Err(io::Error::other("a patch of bytes not written yet")),
+        }
+    }
+
     pub fn finish(self) -> io::Result<Encoded> {
         let Some((mut region, at)) = self.region else {
             return Ok(Encoded::Inline(self.bytes));
@@ -405,10 +418,11 @@ pub fn map(fd: &OwnedFd, len: u64) -> io::Result<MappedBytes> {
 
 /// A worker's mappings of the supervisor's regions, kept from task to task. The
 /// supervisor reuses its regions, so the next time a kept region comes, its pages are
-/// mapped already (no page faults), and nothing is unmapped per task. At most
-/// [`MAPPINGS_KEPT`] are kept, the least recently used dropped first, and none past
-/// [`KEEP_BELOW`] bytes: a kept mapping keeps its memfd's memory alive after the
-/// supervisor lets it go.
+/// mapped already (no page faults), and nothing is unmapped per task. A kept mapping
+/// keeps its memfd's memory alive after the supervisor lets it go, so a worker keeps
+/// what the spare list would: at most [`SPARE_REGIONS`] mappings of [`SPARE_BYTES`] in
+/// all, the least recently used dropped first, and none of [`KEEP_BELOW`] bytes or
+/// more.
 #[derive(Default)]
 pub struct Mappings {
     kept: Vec<Kept>,
@@ -429,9 +443,7 @@ enum KeptMap {
     Scratch(Region),
 }
 
-/// Regions a worker keeps mapped, at most.
-const MAPPINGS_KEPT: usize = 4;
-/// The largest region a worker keeps mapped.
+/// Regions a worker keeps mapped (none this large or larger).
 const KEEP_BELOW: usize = 64 << 20;
 
 /// The memfd's identity (device, inode) and size.
@@ -499,11 +511,15 @@ impl Mappings {
         }
     }
 
-    /// Adds a mapping, dropping the least recently used past the limit and any too
+    /// Adds a mapping, dropping the least recently used past the limits and any too
     /// large to keep (but the new one, which is about to be used); its index.
     fn insert(&mut self, file: (u64, u64), map: KeptMap) -> usize {
         self.kept.retain(|k| k.map.len() < KEEP_BELOW);
-        while self.kept.len() >= MAPPINGS_KEPT {
+        let over = |kept: &[Kept]| {
+            let bytes: usize = kept.iter().map(|k| k.map.len()).sum();
+            kept.len() >= SPARE_REGIONS || bytes + map.len() > SPARE_BYTES
+        };
+        while !self.kept.is_empty() && over(&self.kept) {
             let oldest = self.kept.iter().enumerate().min_by_key(|(_, k)| k.used);
             match oldest.map(|(at, _)| at) {
                 Some(at) => drop(self.kept.swap_remove(at)),
@@ -833,11 +849,11 @@ mod tests {
         mappings.keep(again);
 
         // Never more than the limit, and nothing too large to keep.
-        for _ in 0..2 * MAPPINGS_KEPT {
+        for _ in 0..2 * SPARE_REGIONS {
             let other = Region::new(REGION_STEP).unwrap();
             mappings.arguments(&other.fd().unwrap(), 1).unwrap();
         }
-        assert_eq!(mappings.kept.len(), MAPPINGS_KEPT);
+        assert_eq!(mappings.kept.len(), SPARE_REGIONS);
         let huge = Region::new(KEEP_BELOW).unwrap();
         mappings.arguments(&huge.fd().unwrap(), 1).unwrap();
         mappings.arguments(&owner.fd().unwrap(), 1).unwrap();

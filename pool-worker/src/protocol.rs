@@ -20,7 +20,7 @@ use serde_bytes::ByteBuf;
 use crate::codec::Codec;
 
 /// Bumped whenever a message here changes shape.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The first bytes of every hello frame.
 pub const MAGIC: [u8; 4] = *b"PPW\x01";
 /// Environment variable with the worker's end of its stream (a file descriptor number).
@@ -172,20 +172,23 @@ pub struct SharedRegion {
 }
 
 /// The outcomes of a batch (the body of a [`Reply::DoneBatch`]), with the job's
-/// result type: when every argument succeeded, just the values (no per-item tag to
-/// encode or decode); otherwise one [`ItemOutcome`] per argument.
+/// result type: the values of the arguments that succeeded, in argument order, then
+/// the arguments that have none, by place. With no failure, the common case, there is
+/// nothing per item but the value. A worker writes it value by value as the batch runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BatchOutcomes<T> {
-    AllOk(Vec<T>),
-    Mixed(Vec<ItemOutcome<T>>),
+pub struct BatchOutcomes<T> {
+    pub values: Vec<T>,
+    /// In argument order.
+    pub failures: Vec<ItemFailure>,
 }
 
-/// One argument's outcome inside a [`Reply::DoneBatch`], with the job's result type.
+/// An argument of a batch that has no value: its place in the batch, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ItemOutcome<T> {
-    Ok(T),
-    Failed(String),
-    Panicked(String),
+pub struct ItemFailure {
+    pub index: u32,
+    /// The job panicked (rather than returned `Err`) with this message.
+    pub panicked: bool,
+    pub message: String,
 }
 
 /// What became of one argument.
