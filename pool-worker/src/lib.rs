@@ -8,7 +8,8 @@
 //! - [`Job`] and [`JobEntry`]: what `#[job]` generates and the registry collects.
 //! - [`Registry`]: every job linked into this executable, in wire order.
 //! - [`protocol`]: the frames and messages on a worker's stream.
-//! - [`payload`]: large arguments and results in sealed memfds instead of the stream.
+//! - [`payload`]: large arguments and results in shared memory instead of the stream:
+//!   the supervisor's reused regions, or a worker's sealed memfd.
 //! - [`slots`]: the shared page that settles whether a task sent ahead starts here or
 //!   is taken back by the supervisor.
 //! - [`serve_if_worker`]: the serve loop; `procpool::init()` calls it.

@@ -120,12 +120,7 @@ impl Region {
     /// The region behind a received descriptor (a worker's scratch), all of it mapped.
     pub fn adopt(fd: OwnedFd) -> io::Result<Region> {
         let file = File::from(fd);
-        let len = file_len(&file)?;
-        Region::sized_as_is(file, len)
-    }
-
-    fn sized_as_is(file: File, len: usize) -> io::Result<Region> {
-        let map = RegionMap::map(file.as_fd(), len)?;
+        let map = RegionMap::map(file.as_fd(), file_len(&file)?)?;
         Ok(Region {
             file,
             map,
