@@ -45,7 +45,13 @@ struct Settings {
 /// as the Python baseline also has).
 fn median(reps: usize, mut f: impl FnMut() -> f64) -> f64 {
     f();
-    let mut v: Vec<f64> = (0..reps).map(|_| f()).collect();
+    let v: Vec<f64> = (0..reps).map(|_| f()).collect();
+    middle(&v)
+}
+
+/// The median of `v`.
+fn middle(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -177,33 +183,42 @@ fn procpool_figures(s: &Settings) -> BTreeMap<&'static str, f64> {
 
     let steps = calibrate(Duration::from_millis(if s.quick { 5 } else { 50 }));
     let tasks = vec![steps; 8];
-    let serial = median(s.reps, || {
-        let t = Instant::now();
-        tasks.iter().for_each(|&n| {
-            std::hint::black_box(count(n));
-        });
-        t.elapsed().as_secs_f64()
-    });
-    let pooled = median(s.reps, || {
-        let t = Instant::now();
-        p.map_chunked(count, tasks.clone(), 1).unwrap();
-        t.elapsed().as_secs_f64()
-    });
     let rayon_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()
         .unwrap();
-    let threads = median(s.reps, || {
+    let timed = |f: &dyn Fn()| {
         let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    };
+    let serial = || {
+        tasks.iter().for_each(|&n| {
+            std::hint::black_box(count(n));
+        })
+    };
+    let pooled = || {
+        p.map_chunked(count, tasks.clone(), 1).unwrap();
+    };
+    let threads = || {
         rayon_pool.install(|| {
             tasks.par_iter().with_max_len(1).for_each(|&n| {
                 std::hint::black_box(count(n));
             })
-        });
-        t.elapsed().as_secs_f64()
-    });
-    f.insert("cpu_speedup", serial / pooled);
-    f.insert("rayon_cpu_speedup", serial / threads);
+        })
+    };
+    // Paired: each repetition times serial, procpool and rayon back to back, so a burst
+    // of load from elsewhere on this shared machine lands on one repetition's three
+    // figures rather than on one of them; the speedups are that repetition's ratios.
+    // The first repetition is the warm-up.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..=s.reps {
+        let serial = timed(&serial);
+        ours.push(serial / timed(&pooled));
+        theirs.push(serial / timed(&threads));
+    }
+    f.insert("cpu_speedup", middle(&ours[1..]));
+    f.insert("rayon_cpu_speedup", middle(&theirs[1..]));
 
     let payload = ByteBuf::from(vec![7u8; if s.quick { 1 << 20 } else { 16 << 20 }]);
     let bytes = payload.len() as f64;
