@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use mio::net::UnixStream;
 use pool_worker::payload;
-use pool_worker::protocol::ProtocolError;
+use pool_worker::protocol::{self, ProtocolError};
 
 const READ_CHUNK: usize = 64 * 1024;
 /// Most bytes one [`Conn::fill`] reads.
@@ -122,13 +122,7 @@ impl Conn {
         if pending.len() < 4 {
             return Ok(None);
         }
-        let len = u32::from_le_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize;
-        if len > self.max_frame {
-            return Err(ProtocolError::TooLarge {
-                len,
-                max: self.max_frame,
-            });
-        }
+        let len = protocol::frame_len(pending, self.max_frame)?;
         if pending.len() < 4 + len {
             return Ok(None);
         }

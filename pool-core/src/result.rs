@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use pool_worker::Codec;
-use pool_worker::payload::{self, MappedBytes, Region};
+use pool_worker::payload::{self, Region, RegionMap};
 use pool_worker::protocol::{BatchOutcomes, ItemFailure, Outcome, Reply};
 use serde::de::DeserializeOwned;
 
@@ -73,7 +73,7 @@ fn raw_outcome(outcome: Outcome) -> RawOutcome {
 /// the sealed memfd it sent or written into the task's scratch; decoded in place.
 pub(crate) enum Payload {
     Owned(Vec<u8>),
-    Mapped(MappedBytes),
+    Mapped(RegionMap),
     Scratch(Scratch),
 }
 
@@ -82,7 +82,7 @@ impl std::ops::Deref for Payload {
     fn deref(&self) -> &[u8] {
         match self {
             Payload::Owned(v) => v,
-            Payload::Mapped(m) => m,
+            Payload::Mapped(m) => m.bytes(m.len()),
             Payload::Scratch(s) => s.bytes(),
         }
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
-use pool_worker::payload::{self, MappedBytes};
+use pool_worker::payload::{self, RegionMap};
 use pool_worker::protocol::{self, Hello, Reply, Request};
 use pool_worker::slots::Slots;
 
@@ -1277,7 +1277,7 @@ fn answers(reply: &Reply, head: &Inflight) -> bool {
 }
 
 /// Maps the sealed memfd that came with a shared reply of `len` bytes.
-fn map_shared(conn: Option<&mut Conn>, len: u64, max: usize) -> Result<MappedBytes, String> {
+fn map_shared(conn: Option<&mut Conn>, len: u64, max: usize) -> Result<RegionMap, String> {
     let fd = conn
         .and_then(Conn::take_fd)
         .ok_or("no descriptor came with the reply")?;

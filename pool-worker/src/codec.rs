@@ -41,8 +41,7 @@ impl Codec {
         to: SpillTo,
     ) -> Result<Encoded, String> {
         let mut out = Spill(SpillWriter::new(to));
-        bincode::serde::encode_into_writer(value, &mut out, bincode_config())
-            .map_err(|e| e.to_string())?;
+        out.put(value)?;
         out.0.finish().map_err(|e| e.to_string())
     }
 
@@ -134,6 +133,14 @@ pub(crate) struct OutcomesWriter {
 /// bincode's writer over a [`SpillWriter`].
 struct Spill(SpillWriter);
 
+impl Spill {
+    /// Encodes `value` after what is written already.
+    #[inline]
+    fn put<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), String> {
+        bincode::serde::encode_into_writer(value, self, bincode_config()).map_err(|e| e.to_string())
+    }
+}
+
 impl bincode::enc::write::Writer for Spill {
     #[inline(always)]
     fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
@@ -154,16 +161,14 @@ impl OutcomesWriter {
     /// The next argument's value.
     #[inline]
     pub fn value<T: Serialize>(&mut self, value: &T) -> Result<(), String> {
-        bincode::serde::encode_into_writer(value, &mut self.out, bincode_config())
-            .map_err(|e| e.to_string())?;
+        self.out.put(value)?;
         self.values += 1;
         Ok(())
     }
 
     /// Ends with the failures (in argument order).
     pub fn finish(mut self, failures: &[ItemFailure]) -> Result<Encoded, String> {
-        bincode::serde::encode_into_writer(failures, &mut self.out, bincode_config())
-            .map_err(|e| e.to_string())?;
+        self.out.put(failures)?;
         self.out
             .0
             .patch(0, &self.values.to_le_bytes())

@@ -27,9 +27,8 @@ use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
-use crate::protocol::ProtocolError;
-pub use crate::sys::MappedBytes;
-use crate::sys::{self, RegionMap};
+use crate::protocol::{self, ProtocolError};
+pub use crate::sys::RegionMap;
 
 /// Payloads above this many bytes travel in shared memory.
 pub const SHARED_ABOVE: usize = 256 * 1024;
@@ -109,18 +108,13 @@ impl Region {
 
     fn sized(file: File, capacity: usize) -> io::Result<Region> {
         file.set_len(capacity as u64)?;
-        let map = RegionMap::map(file.as_fd(), capacity)?;
-        Ok(Region {
-            file,
-            map,
-            read_only: None,
-        })
+        Region::adopt(file.into())
     }
 
     /// The region behind a received descriptor (a worker's scratch), all of it mapped.
     pub fn adopt(fd: OwnedFd) -> io::Result<Region> {
         let file = File::from(fd);
-        let map = RegionMap::map(file.as_fd(), file_len(&file)?)?;
+        let map = RegionMap::map(file.as_fd(), size(&file)?)?;
         Ok(Region {
             file,
             map,
@@ -133,9 +127,9 @@ impl Region {
         self.map.len()
     }
 
-    /// Maps what another process has grown it to.
+    /// Maps what it has grown to (here, or in another process).
     pub fn refresh(&mut self) -> io::Result<()> {
-        let len = file_len(&self.file)?;
+        let len = size(&self.file)?;
         if len > self.capacity() {
             self.map = RegionMap::map(self.file.as_fd(), len)?;
         }
@@ -161,7 +155,7 @@ impl Region {
         if end > self.capacity() {
             let grown = end.max(2 * self.capacity()).next_multiple_of(REGION_STEP);
             self.file.set_len(grown as u64)?;
-            self.map = RegionMap::map(self.file.as_fd(), grown)?;
+            self.refresh()?;
         }
         self.map.copy_in(offset, bytes);
         Ok(())
@@ -175,14 +169,14 @@ impl Region {
     /// A new read-only descriptor of it (to send): the receiver can neither write nor
     /// resize it.
     pub fn read_only_fd(&mut self) -> io::Result<OwnedFd> {
-        if self.read_only.is_none() {
-            let path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
-            self.read_only = Some(File::open(path)?.into());
-        }
-        match &self.read_only {
-            Some(fd) => fd.try_clone(),
-            None => Err(io::Error::other("no read-only descriptor")),
-        }
+        let fd = match &self.read_only {
+            Some(fd) => fd,
+            None => {
+                let path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+                self.read_only.insert(File::open(path)?.into())
+            }
+        };
+        fd.try_clone()
     }
 
     /// Cuts it to its first `len` bytes and seals it against any change: its contents
@@ -202,8 +196,16 @@ impl Region {
     }
 }
 
-fn file_len(file: &File) -> io::Result<usize> {
-    usize::try_from(file.metadata()?.len()).map_err(|_| io::Error::other("region too large"))
+/// A memfd's size in bytes.
+fn size(fd: impl AsFd) -> io::Result<usize> {
+    identity(fd).map(|(_, size)| size)
+}
+
+/// A memfd's identity (device, inode) and size.
+fn identity(fd: impl AsFd) -> io::Result<((u64, u64), usize)> {
+    let stat = nix::sys::stat::fstat(fd)?;
+    let size = usize::try_from(stat.st_size).map_err(|_| io::Error::other("bad memfd size"))?;
+    Ok(((stat.st_dev as u64, stat.st_ino as u64), size))
 }
 
 /// Regions put back for reuse, owned by process `pid` (a forked child inherits the
@@ -392,7 +394,7 @@ fn sealed(bytes: &[u8]) -> io::Result<OwnedFd> {
 
 /// Maps the sealed memfd of a payload of `len` bytes read-only, refusing one whose
 /// contents could still change or that holds another number of bytes.
-pub fn map(fd: &OwnedFd, len: u64) -> io::Result<MappedBytes> {
+pub fn map(fd: &OwnedFd, len: u64) -> io::Result<RegionMap> {
     let have = fcntl(fd, FcntlArg::F_GET_SEALS)
         .map_err(|e| io::Error::other(format!("not a sealed memfd: {e}")))?;
     let need = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK;
@@ -401,14 +403,13 @@ pub fn map(fd: &OwnedFd, len: u64) -> io::Result<MappedBytes> {
             "shared payload is not sealed against writes",
         ));
     }
-    let size = File::from(fd.try_clone()?).metadata()?.len();
-    if size != len {
+    let size = size(fd)?;
+    if size as u64 != len {
         return Err(io::Error::other(format!(
             "shared payload has {size} bytes where {len} were announced"
         )));
     }
-    let len = usize::try_from(len).map_err(|_| io::Error::other("payload too large"))?;
-    sys::map_read_only(fd.as_fd(), len)
+    RegionMap::map_read_only(fd.as_fd(), size)
 }
 
 /// A worker's mappings of the supervisor's regions, kept from task to task. The
@@ -440,13 +441,6 @@ enum KeptMap {
 
 /// Regions a worker keeps mapped (none this large or larger).
 const KEEP_BELOW: usize = 64 << 20;
-
-/// The memfd's identity (device, inode) and size.
-fn identity(fd: impl AsFd) -> io::Result<((u64, u64), usize)> {
-    let stat = nix::sys::stat::fstat(fd)?;
-    let size = usize::try_from(stat.st_size).map_err(|_| io::Error::other("bad region size"))?;
-    Ok(((stat.st_dev as u64, stat.st_ino as u64), size))
-}
 
 impl Mappings {
     /// The first `len` bytes of a task's arguments: a region of the supervisor's, sent
@@ -514,12 +508,11 @@ impl Mappings {
             let bytes: usize = kept.iter().map(|k| k.map.len()).sum();
             kept.len() >= SPARE_REGIONS || bytes + map.len() > SPARE_BYTES
         };
-        while !self.kept.is_empty() && over(&self.kept) {
-            let oldest = self.kept.iter().enumerate().min_by_key(|(_, k)| k.used);
-            match oldest.map(|(at, _)| at) {
-                Some(at) => drop(self.kept.swap_remove(at)),
-                None => break,
-            }
+        while over(&self.kept) {
+            let Some(oldest) = (0..self.kept.len()).min_by_key(|&at| self.kept[at].used) else {
+                break;
+            };
+            self.kept.swap_remove(oldest);
         }
         self.kept.push(Kept {
             file,
@@ -596,7 +589,7 @@ pub fn recv_with_fds(
             Ok(msg) => {
                 for cmsg in msg.cmsgs().into_iter().flatten() {
                     if let ControlMessageOwned::ScmRights(received) = cmsg {
-                        fds.extend(received.into_iter().map(sys::own_received));
+                        fds.extend(received.into_iter().map(crate::sys::own_received));
                     }
                 }
                 return Ok(msg.bytes);
@@ -639,11 +632,7 @@ impl FrameReader {
         if !self.buffer(4)? {
             return Ok(None);
         }
-        let head = &self.buf[self.start..self.start + 4];
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        if len > max {
-            return Err(ProtocolError::TooLarge { len, max });
-        }
+        let len = protocol::frame_len(&self.buf[self.start..], max)?;
         self.start += 4;
         if len <= READ_BUFFER {
             if !self.buffer(len)? && len > 0 {
@@ -659,21 +648,13 @@ impl FrameReader {
         self.start = self.end;
         let mut got = have;
         while got < len {
-            match self.recv_into_body(&mut body[got..])? {
+            let socket = self.stream.as_raw_fd();
+            match recv_with_fds(socket, &mut body[got..], &mut self.fds, &mut self.space)? {
                 0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
                 n => got += n,
             }
         }
         Ok(Some(body))
-    }
-
-    fn recv_into_body(&mut self, into: &mut [u8]) -> io::Result<usize> {
-        recv_with_fds(
-            self.stream.as_raw_fd(),
-            into,
-            &mut self.fds,
-            &mut self.space,
-        )
     }
 
     /// Makes sure `n` (at most [`READ_BUFFER`]) bytes are buffered; false if the stream
@@ -719,11 +700,11 @@ mod tests {
         let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let len = bytes.len() as u64;
         let fd = sealed(&bytes).unwrap();
-        assert_eq!(&*map(&fd, len).unwrap(), &bytes[..]);
+        assert_eq!(map(&fd, len).unwrap().bytes(bytes.len()), &bytes[..]);
         let again: OwnedFd = File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .unwrap()
             .into();
-        assert_eq!(&*map(&again, len).unwrap(), &bytes[..]);
+        assert_eq!(map(&again, len).unwrap().bytes(bytes.len()), &bytes[..]);
         assert_eq!(map(&sealed(&[]).unwrap(), 0).unwrap().len(), 0);
         assert!(map(&fd, len + 1).is_err(), "a length other than announced");
 
@@ -767,7 +748,7 @@ mod tests {
                 panic!("not sealed: {sealed:?}");
             };
             let mapped = map(&fd, len as u64).unwrap();
-            assert!(many_ok(&mapped) || large_ok(&mapped));
+            assert!(many_ok(mapped.bytes(len)) || large_ok(mapped.bytes(len)));
         }
         for lent in [
             Codec::encode_payload(&many, SpillTo::Spare).unwrap(),
@@ -886,7 +867,7 @@ mod tests {
         let got = reader
             .take_fd()
             .expect("the descriptor came with its frame");
-        assert_eq!(&*map(&got, 6).unwrap(), b"shared");
+        assert_eq!(map(&got, 6).unwrap().bytes(6), b"shared");
         assert!(reader.take_fd().is_none());
         assert_eq!(
             reader.read_frame(1 << 20).unwrap().unwrap().len(),

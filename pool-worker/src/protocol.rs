@@ -282,19 +282,29 @@ pub fn decode_hello(body: &[u8]) -> Result<Hello, ProtocolError> {
 
 /// Reads one frame body from a blocking stream; `Ok(None)` at a clean end of stream.
 pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, ProtocolError> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
+    let mut head = [0u8; 4];
+    match r.read_exact(&mut head) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > max {
-        return Err(ProtocolError::TooLarge { len, max });
-    }
+    let len = frame_len(&head, max)?;
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
     Ok(Some(body))
+}
+
+/// The body length a frame starting at `bytes` announces (its first 4 bytes, which
+/// the caller has), refused past `max` before any of it is read.
+pub fn frame_len(bytes: &[u8], max: usize) -> Result<usize, ProtocolError> {
+    let head = bytes
+        .first_chunk::<4>()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+    let len = u32::from_le_bytes(*head) as usize;
+    if len > max {
+        return Err(ProtocolError::TooLarge { len, max });
+    }
+    Ok(len)
 }
 
 /// Writes a complete frame to a blocking stream.

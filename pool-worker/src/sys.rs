@@ -285,43 +285,10 @@ impl Drop for SharedMemory {
     }
 }
 
-/// A read-only mapping of a payload whose bytes cannot change while it lives: a sealed
-/// memfd (see `payload::map`), or a task's arguments, which the supervisor does not
-/// write while the task is in flight and the worker holds read-only.
-pub struct MappedBytes(SharedMemory);
-
-/// Maps `len` bytes of `fd` read-only. The caller has made sure that nothing changes
-/// them while the mapping lives (seals, or the payload protocol), and that the file
-/// has at least `len` bytes.
-pub(crate) fn map_read_only(
-    fd: std::os::fd::BorrowedFd<'_>,
-    len: usize,
-) -> io::Result<MappedBytes> {
-    SharedMemory::map(fd, len, false).map(MappedBytes)
-}
-
-impl std::ops::Deref for MappedBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: the mapping holds `len` readable bytes (or is dangling with `len` 0)
-        // for as long as `self` lives, and (see `map_read_only`) they do not change
-        // while it does, so an immutable slice over them is sound.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), self.0.len()) }
-    }
-}
-
-impl std::fmt::Debug for MappedBytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MappedBytes")
-            .field("len", &self.0.len())
-            .finish()
-    }
-}
-
-/// A mapping of a payload region (`payload::Region`), read-write or read-only. The
-/// payload protocol gives one process at a time the right to write a region, and lets
-/// the other read it only after a frame has told it the writes are done; under that
-/// rule these are plain copies in and slices out.
+/// A mapping of a payload (`payload`), read-write or read-only: a region, whose writer
+/// the payload protocol makes one process at a time, the other reading it only after
+/// a frame has told it the writes are done; or a sealed memfd, which nobody can write.
+/// Under those rules these are plain copies in and slices out.
 pub struct RegionMap {
     map: SharedMemory,
     writable: bool,
@@ -337,7 +304,8 @@ impl RegionMap {
         })
     }
 
-    /// Maps the first `len` bytes of `fd` read-only (a task's arguments, in a worker).
+    /// Maps the first `len` bytes of `fd` read-only, faulting the pages in at once (a
+    /// task's arguments in a worker, or a sealed result).
     pub(crate) fn map_read_only(
         fd: std::os::fd::BorrowedFd<'_>,
         len: usize,
@@ -350,8 +318,13 @@ impl RegionMap {
     }
 
     /// Its length in bytes.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Whether it maps nothing.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 
     /// Copies `bytes` in at `offset`.
@@ -386,16 +359,16 @@ impl RegionMap {
     ///
     /// # Panics
     /// If `len` is past the end.
-    pub(crate) fn bytes(&self, len: usize) -> &[u8] {
+    pub fn bytes(&self, len: usize) -> &[u8] {
         assert!(
             len <= self.map.len(),
             "{len} bytes of a region of {}",
             self.map.len()
         );
-        // SAFETY: in bounds (asserted) of a mapping that lives as long as the borrow;
-        // nothing in this process writes it while the slice lives (writes take `&mut
-        // self`), and the protocol keeps the other process from writing it while this
-        // one reads.
+        // SAFETY: in bounds (asserted) of a mapping that lives as long as the borrow (a
+        // length of 0 gives an empty slice at a dangling, aligned pointer); nothing in
+        // this process writes it while the slice lives (writes take `&mut self`), and
+        // seals or the protocol keep other processes from writing it meanwhile.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr(), len) }
     }
 }
