@@ -772,19 +772,14 @@ impl Regions {
         payload::recycle(self.scratch);
     }
 
-    /// The worker's answer of `len` bytes in the scratch (at most `max`); the
-    /// arguments go back on the spare list.
-    pub fn into_outcomes(self, len: u64, max: usize) -> Result<Scratch, String> {
+    /// The worker's answer of `len` bytes in the scratch; the arguments go back on the
+    /// spare list.
+    pub fn into_outcomes(self, len: u64) -> Result<Scratch, String> {
         let Regions {
             arguments,
             mut scratch,
         } = self;
         payload::recycle(arguments);
-        if len > max as u64 {
-            return Err(format!(
-                "a result of {len} bytes is larger than the limit of {max}"
-            ));
-        }
         scratch
             .refresh()
             .map_err(|e| format!("the scratch cannot be mapped: {e}"))?;

@@ -423,8 +423,7 @@ impl Keeper {
     /// Hello, the job, and the exit request. `None` when the process went away without
     /// answering (its exitcode tells why).
     fn converse(&self, stream: UnixStream, pid: u32, batch: Encoded) -> Option<Value> {
-        let mut reader = stream;
-        let mut writer = match reader.try_clone() {
+        let mut writer = match stream.try_clone() {
             Ok(w) => w,
             Err(e) => {
                 self.abandon(pid);
@@ -433,8 +432,9 @@ impl Keeper {
                 }));
             }
         };
-        let _ = reader.set_read_timeout(Some(self.start_timeout));
-        let hello = match protocol::read_frame(&mut reader, DEFAULT_MAX_FRAME) {
+        let _ = stream.set_read_timeout(Some(self.start_timeout));
+        let mut reader = FrameReader::new(stream);
+        let hello = match reader.read_frame(DEFAULT_MAX_FRAME) {
             Ok(Some(body)) => body,
             Ok(None) => return None,
             Err(ProtocolError::Io(e))
@@ -450,7 +450,8 @@ impl Keeper {
             }
             Err(_) => return None,
         };
-        let _ = reader.set_read_timeout(None);
+        // A socket option: the writer's handle clears it for the reader's too.
+        let _ = writer.set_read_timeout(None);
         let job = protocol::decode_hello(&hello)
             .map_err(|e| JobError::StartFailed {
                 message: e.to_string(),
@@ -484,7 +485,6 @@ impl Keeper {
         if sent.is_err() {
             return None;
         }
-        let mut reader = FrameReader::new(reader);
         let Ok(Some(body)) = reader.read_frame(DEFAULT_MAX_FRAME) else {
             // The process went away: its exitcode tells why.
             return None;
@@ -504,7 +504,7 @@ impl Keeper {
                         regions
                             .take()
                             .ok_or("a result in a scratch that was not given")?
-                            .into_outcomes(*len, DEFAULT_MAX_FRAME)?,
+                            .into_outcomes(*len)?,
                     )),
                     _ => None,
                 };

@@ -541,9 +541,9 @@ impl Supervisor {
         w.handshaken = true;
         if self.config.tasks_per_worker > 1 {
             match slots_frame() {
-                Ok((slots, frame)) => {
+                Ok((slots, frame, fd)) => {
                     if let Some(conn) = w.conn.as_mut() {
-                        conn.queue(frame.into(), Vec::new());
+                        conn.queue(frame.into(), vec![fd]);
                         w.slots = Some(slots);
                     }
                 }
@@ -710,16 +710,23 @@ impl Supervisor {
         };
         // A shared reply's descriptor arrived with its frame: take it now, whatever
         // becomes of the reply, so descriptors and frames stay paired.
-        let max = self.config.max_message_size;
+        let max = self.config.max_message_size as u64;
         let shared = match &reply {
+            Reply::DoneBatchShared { len, .. } | Reply::DoneBatchInScratch { len, .. }
+                if *len > max =>
+            {
+                Err(format!(
+                    "a result of {len} bytes is larger than the limit of {max}"
+                ))
+            }
             Reply::DoneBatchShared { len, .. } => {
-                map_shared(w.conn.as_mut(), *len, max).map(|m| Some(Payload::Mapped(m)))
+                map_shared(w.conn.as_mut(), *len).map(|m| Some(Payload::Mapped(m)))
             }
             Reply::DoneBatchInScratch { len, .. } => match w.inflight.front_mut() {
                 Some(head) if answers(&reply, head) => head
                     .take_regions()
                     .ok_or_else(|| "a task without a scratch".to_owned())
-                    .and_then(|r| r.into_outcomes(*len, max))
+                    .and_then(|r| r.into_outcomes(*len))
                     .map(|s| Some(Payload::Scratch(s))),
                 // Reported as a reply out of turn below.
                 _ => Ok(None),
@@ -1277,24 +1284,18 @@ fn answers(reply: &Reply, head: &Inflight) -> bool {
 }
 
 /// Maps the sealed memfd that came with a shared reply of `len` bytes.
-fn map_shared(conn: Option<&mut Conn>, len: u64, max: usize) -> Result<RegionMap, String> {
+fn map_shared(conn: Option<&mut Conn>, len: u64) -> Result<RegionMap, String> {
     let fd = conn
         .and_then(Conn::take_fd)
         .ok_or("no descriptor came with the reply")?;
-    if len > max as u64 {
-        return Err(format!(
-            "a result of {len} bytes is larger than the limit of {max}"
-        ));
-    }
     payload::map(&fd, len).map_err(|e| e.to_string())
 }
 
-/// New start-or-revoke slots for a worker, and the frame that tells it where they are.
-fn slots_frame() -> Result<(Slots, Vec<u8>), String> {
-    let slots = Slots::create().map_err(|e| e.to_string())?;
-    let region = slots.region().ok_or("slots without a region")?;
-    let frame = protocol::frame(&Request::UseSlots { region }).map_err(|e| e.to_string())?;
-    Ok((slots, frame))
+/// New start-or-revoke slots for a worker, and the frame and memfd that give them to it.
+fn slots_frame() -> Result<(Slots, Vec<u8>, std::os::fd::OwnedFd), String> {
+    let (slots, fd) = Slots::create().map_err(|e| e.to_string())?;
+    let frame = protocol::frame(&Request::UseSlots).map_err(|e| e.to_string())?;
+    Ok((slots, frame, fd))
 }
 
 fn start_error(message: String) -> JobError {

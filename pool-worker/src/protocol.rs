@@ -20,7 +20,7 @@ use serde_bytes::ByteBuf;
 use crate::codec::Codec;
 
 /// Bumped whenever a message here changes shape.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// The first bytes of every hello frame.
 pub const MAGIC: [u8; 4] = *b"PPW\x01";
 /// Environment variable with the worker's end of its stream (a file descriptor number).
@@ -122,9 +122,10 @@ pub enum Request {
         count: u32,
         len: u64,
     },
-    /// Use these start-or-revoke slots (see `slots`) before starting each task;
-    /// sent once, before any task, by a supervisor that sends tasks ahead.
-    UseSlots { region: SharedRegion },
+    /// Use the start-or-revoke slots (see `slots`) whose memfd comes with the frame
+    /// before starting each task; sent once, before any task, by a supervisor that
+    /// sends tasks ahead.
+    UseSlots,
     /// Exit now with status `code`, sending nothing: how a `Process` ends its worker
     /// with an exit status that tells whether the job succeeded.
     Exit { code: i32 },
@@ -138,6 +139,15 @@ impl Request {
             | Request::RunBatch { task, .. }
             | Request::RunBatchShared { task, .. } => Some(*task),
             _ => None,
+        }
+    }
+
+    /// How many descriptors come with the request's frame (`SCM_RIGHTS`).
+    pub fn descriptors(&self) -> usize {
+        match self {
+            Request::RunBatchShared { .. } => 2,
+            Request::UseSlots => 1,
+            _ => 0,
         }
     }
 }
@@ -160,15 +170,6 @@ pub enum Reply {
     /// [`Reply::DoneBatch`] with the outcomes in the first `len` bytes of the scratch
     /// that came with the [`Request::RunBatchShared`]; the worker writes it no more.
     DoneBatchInScratch { task: u64, len: u64 },
-}
-
-/// Where a shared region is: descriptor `fd` of process `pid` (opened through
-/// `/proc`), `len` bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SharedRegion {
-    pub pid: u32,
-    pub fd: i32,
-    pub len: u64,
 }
 
 /// The outcomes of a batch (the body of a [`Reply::DoneBatch`]), with the job's

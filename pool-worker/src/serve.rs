@@ -125,19 +125,15 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
     let mut mappings = payload::Mappings::default();
     while let Some(body) = reader.read_frame(DEFAULT_MAX_FRAME)? {
         let request = protocol::decode::<Request>(&body)?;
-        // A shared batch's descriptors came with its frame: take them even for a task
+        // The request's descriptors came with its frame: take them even for a task
         // skipped below, so descriptors and frames stay paired.
-        let regions = match request {
-            Request::RunBatchShared { .. } => match (reader.take_fd(), reader.take_fd()) {
-                (Some(arguments), Some(scratch)) => Some((arguments, scratch)),
-                _ => {
-                    return Err(ProtocolError::Decode(
-                        "a shared batch came without its two descriptors".into(),
-                    ));
-                }
-            },
-            _ => None,
-        };
+        let missing = || ProtocolError::Decode("a request without its descriptors".into());
+        let mut fds = (0..request.descriptors())
+            .map(|_| reader.take_fd())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(missing)?
+            .into_iter();
+        let mut fd = || fds.next().ok_or_else(missing);
         if let Some(task) = request.task() {
             seq += 1;
             if slots.as_ref().is_some_and(|s| !s.start(seq - 1, task)) {
@@ -146,8 +142,8 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
             }
         }
         let reply = match request {
-            Request::UseSlots { region } => {
-                slots = Some(Slots::open(&region)?);
+            Request::UseSlots => {
+                slots = Some(Slots::adopt(fd()?)?);
                 continue;
             }
             Request::Init {
@@ -193,7 +189,7 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                 batch,
             } => {
                 let out = SpillTo::Sealed;
-                run_batch(registry, task, job, count, Ok(&batch), out, &mut shared).0
+                run_batch(registry, task, job, count, Ok(&batch), out, &mut shared)
             }
             Request::RunBatchShared {
                 task,
@@ -201,9 +197,7 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                 count,
                 len,
             } => {
-                let (arguments, scratch) = regions.ok_or_else(|| {
-                    ProtocolError::Decode("a shared batch without its descriptors".into())
-                })?;
+                let (arguments, scratch) = (fd()?, fd()?);
                 let out = mappings
                     .scratch(scratch)
                     .map(SpillTo::Scratch)
@@ -217,19 +211,19 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                     (_, Err(e)) => Err(e.clone()),
                 };
                 let out = out.unwrap_or(SpillTo::Sealed);
-                let (reply, scratch) =
-                    run_batch(registry, task, job, count, batch, out, &mut shared);
-                if let Some(scratch) = scratch {
-                    mappings.keep(scratch);
-                }
-                reply
+                run_batch(registry, task, job, count, batch, out, &mut shared)
             }
         };
-        if let Some(memfd) = shared.take() {
-            // A large result: its memfd goes with the reply.
-            let frame = protocol::frame(&reply)?;
-            payload::send_with_fds(&writer, &frame, &[memfd.as_raw_fd()])?;
-            continue;
+        match shared.take() {
+            Some(Shared::Sealed(memfd)) => {
+                // A large result: its memfd goes with the reply.
+                let frame = protocol::frame(&reply)?;
+                payload::send_with_fds(&writer, &frame, &[memfd.as_raw_fd()])?;
+                continue;
+            }
+            // The outcomes are in the task's scratch: keep it mapped for next time.
+            Some(Shared::Scratch(region)) => mappings.keep(region),
+            None => {}
         }
         let failed_init = matches!(reply, Reply::InitFailed { .. });
         protocol::write_frame(&mut writer, &protocol::frame(&reply)?)?;
@@ -240,10 +234,17 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
     Ok(())
 }
 
+/// Where a batch's large outcomes went, for what follows its reply.
+enum Shared {
+    /// A sealed memfd, to attach to the reply.
+    Sealed(OwnedFd),
+    /// The task's scratch.
+    Scratch(Region),
+}
+
 /// Runs a batch (`batch` is its encoded arguments, or why they could not be read).
-/// Outcomes too large for the stream go where `out` says: the task's scratch (given
-/// back with the reply, to keep mapped), or a sealed memfd left in `shared` to go with
-/// the reply.
+/// Outcomes too large for the stream go where `out` says, and `shared` says where
+/// that was.
 fn run_batch(
     registry: &Registry,
     task: u64,
@@ -251,38 +252,37 @@ fn run_batch(
     count: u32,
     batch: Result<&[u8], String>,
     out: SpillTo,
-    shared: &mut Option<OwnedFd>,
-) -> (Reply, Option<Region>) {
+    shared: &mut Option<Shared>,
+) -> Reply {
     let ran = match (registry.get(job), batch) {
         (Some(entry), Ok(batch)) => run_busy(|| entry.call_batch(batch, out)),
         (None, _) => Err(format!("no job with index {job}")),
         (_, Err(message)) => Err(message),
     };
-    let reply = match ran {
+    match ran {
         Ok(Encoded::Inline(outcomes)) => Reply::DoneBatch {
             task,
             outcomes: outcomes.into(),
         },
         Ok(Encoded::Sealed { fd, len }) => {
-            *shared = Some(fd);
+            *shared = Some(Shared::Sealed(fd));
             Reply::DoneBatchShared {
                 task,
                 len: len as u64,
             }
         }
         Ok(Encoded::InRegion { len, region }) => {
-            let reply = Reply::DoneBatchInScratch {
+            *shared = Some(Shared::Scratch(region));
+            Reply::DoneBatchInScratch {
                 task,
                 len: len as u64,
-            };
-            return (reply, Some(region));
+            }
         }
         Err(message) => Reply::Done {
             task,
             outcomes: vec![Outcome::Codec(message); count as usize],
         },
-    };
-    (reply, None)
+    }
 }
 
 fn run_busy<R>(f: impl FnOnce() -> R) -> R {

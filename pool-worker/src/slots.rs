@@ -16,20 +16,20 @@
 //! the task that had it. Each word also holds the task id, and only an exact match
 //! acts.
 
-use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
-use crate::protocol::SharedRegion;
 use crate::sys::{self, SharedPage};
 
 /// Tasks a worker may have in flight at most.
 pub const SLOTS: usize = 64;
 /// Words in the page: room for the tasks in flight and for as many revoked ones.
 const WORDS: usize = 2 * SLOTS;
+/// The page's size in bytes.
+const BYTES: usize = WORDS * 8;
 
 const QUEUED: u64 = 1;
 const STARTED: u64 = 2;
@@ -38,44 +38,26 @@ const REVOKED: u64 = 3;
 /// One worker's slots, mapped in the supervisor or in the worker.
 pub struct Slots {
     page: SharedPage,
-    /// The supervisor's descriptor, which the worker opens through `/proc`.
-    fd: Option<OwnedFd>,
 }
 
 impl Slots {
-    /// New slots for a worker (in the supervisor).
-    pub fn create() -> io::Result<Slots> {
+    /// New slots for a worker (in the supervisor), and their memfd, to send to it with
+    /// `Request::UseSlots`.
+    pub fn create() -> io::Result<(Slots, OwnedFd)> {
         let fd = memfd_create("procpool-slots", MFdFlags::MFD_CLOEXEC)?;
-        nix::unistd::ftruncate(&fd, WORDS as i64 * 8)?;
-        let page = sys::map_shared_page(&fd, WORDS * 8)?;
-        Ok(Slots { page, fd: Some(fd) })
+        nix::unistd::ftruncate(&fd, BYTES as i64)?;
+        let page = sys::map_shared_page(&fd, BYTES)?;
+        Ok((Slots { page }, fd))
     }
 
-    /// Where the worker finds them.
-    pub fn region(&self) -> Option<SharedRegion> {
-        self.fd.as_ref().map(|fd| SharedRegion {
-            pid: std::process::id(),
-            fd: fd.as_raw_fd(),
-            len: (WORDS * 8) as u64,
-        })
-    }
-
-    /// The slots the supervisor created (in the worker).
-    pub fn open(region: &SharedRegion) -> io::Result<Slots> {
-        if region.len != (WORDS * 8) as u64 {
-            return Err(io::Error::other(format!("slots of {} bytes", region.len)));
+    /// The slots behind the memfd the supervisor sent (in the worker).
+    pub fn adopt(fd: OwnedFd) -> io::Result<Slots> {
+        let size = nix::sys::stat::fstat(&fd)?.st_size;
+        if size != BYTES as i64 {
+            return Err(io::Error::other(format!("slots of {size} bytes")));
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(format!("/proc/{}/fd/{}", region.pid, region.fd))?;
-        if file.metadata()?.len() != region.len {
-            return Err(io::Error::other("the slots region has the wrong size"));
-        }
-        let fd = OwnedFd::from(file);
         Ok(Slots {
-            page: sys::map_shared_page(&fd, WORDS * 8)?,
-            fd: None,
+            page: sys::map_shared_page(&fd, BYTES)?,
         })
     }
 
@@ -126,8 +108,8 @@ mod tests {
 
     #[test]
     fn exactly_one_of_start_and_revoke_wins() {
-        let supervisor = Slots::create().unwrap();
-        let worker = Slots::open(&supervisor.region().unwrap()).unwrap();
+        let (supervisor, fd) = Slots::create().unwrap();
+        let worker = Slots::adopt(fd).unwrap();
         supervisor.queue(0, 70);
         supervisor.queue(1, 80);
         assert!(worker.start(0, 70));
@@ -140,5 +122,8 @@ mod tests {
         assert!(!supervisor.revoke(next, 70));
         assert!(supervisor.revoke(next, 90));
         assert!(!worker.start(next, 90));
+
+        let other = memfd_create("procpool-test", MFdFlags::MFD_CLOEXEC).unwrap();
+        assert!(Slots::adopt(other).is_err(), "not a slots page");
     }
 }
