@@ -213,5 +213,11 @@ fn bad_input_is_a_named_error_and_affects_nothing_else() {
         Err(JobError::Codec { message }) if message.contains("max_message_size")
     ));
     assert_eq!(pool.apply(byte_len, vec![1u8; 1024]), Ok(1024));
+    // A result over the limit (in shared memory) fails its task; the pool goes on.
+    assert!(matches!(
+        pool.apply(pattern_bytes, 1 << 20),
+        Err(JobError::Protocol { message }) if message.contains("larger than the limit")
+    ));
+    assert_eq!(pool.apply(byte_len, vec![1u8; 1024]), Ok(1024));
     close_and_check(pool);
 }

@@ -78,6 +78,29 @@ fn a_lost_task_is_retried_and_the_final_error_counts_the_attempts() {
 }
 
 #[test]
+fn a_lost_task_with_large_arguments_is_retried_with_them_intact() {
+    let pool = pool(2);
+    // Past the shared-memory threshold: the arguments go in a region of the
+    // supervisor's, which the worker that died holding them could not change.
+    let bytes: Vec<u8> = (0..(2 << 20)).map(|i| (i % 251) as u8).collect();
+    let dir = scratch_dir("retry-large");
+    let arg = (dir.to_string_lossy().into_owned(), 1, bytes.clone());
+    let r = pool.apply_async_with(
+        reverse_after_crashes,
+        arg,
+        TaskOptions::default().retries(1),
+    );
+    let mut expected = bytes;
+    expected.reverse();
+    assert!(
+        r.unwrap().get() == Ok(expected),
+        "the retry got its arguments intact"
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2, "ran twice");
+    close_and_check(pool);
+}
+
+#[test]
 fn errors_and_panics_are_never_retried() {
     let pool = Pool::builder().processes(1).retries(3).build().unwrap();
     for panic in [false, true] {

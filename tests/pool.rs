@@ -49,6 +49,11 @@ fn large_arguments_and_results_cross_through_shared_memory_intact() {
         .map_chunked(byte_len, vec![vec![5u8; 300_000]; 6], 6)
         .expect("map");
     assert_eq!(lens, vec![300_000; 6]);
+    // A large result to a small argument (no scratch: a sealed memfd of the worker's).
+    for _ in 0..3 {
+        let made = pool.apply(pattern_bytes, 3 << 20).expect("apply");
+        assert!(made == (0..3 << 20).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    }
     close_and_check(pool);
     // Other tests' pools may still run, so the spare list is freed here rather than
     // when the last pool ends; nothing else may hold a payload open.

@@ -134,6 +134,26 @@ pub fn byte_len(bytes: Vec<u8>) -> usize {
     bytes.len()
 }
 
+/// `len` bytes of a pattern (a large result to a small argument).
+#[job]
+pub fn pattern_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Records one attempt as a new file in `dir`; aborts the worker while fewer than
+/// `crashes` attempts are recorded, then returns `bytes` reversed (a retried task must
+/// get its arguments intact).
+#[job]
+pub fn reverse_after_crashes(
+    dir: String,
+    crashes: usize,
+    mut bytes: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    crash_until(dir, crashes)?;
+    bytes.reverse();
+    Ok(bytes)
+}
+
 /// A value whose serialization always fails.
 #[derive(Debug, Deserialize)]
 pub struct Unserializable;
