@@ -142,8 +142,7 @@ impl Serialize for Event {
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let wire = region::Wire::deserialize(d)?;
-        let map = region::open(&wire, Kind::Event, 0).map_err(D::Error::custom)?;
-        Event::join(map, wire.hold).map_err(D::Error::custom)
+        let (map, hold) = region::deserialize_held(d, Kind::Event, 0)?;
+        Event::join(map, hold).map_err(D::Error::custom)
     }
 }

@@ -227,11 +227,9 @@ impl<T> Serialize for Queue<T> {
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let wire = region::Wire::deserialize(d)?;
-        let map =
-            region::open(&wire, Kind::Queue, region::type_tag::<T>()).map_err(D::Error::custom)?;
+        let (map, hold) = region::deserialize_held(d, Kind::Queue, region::type_tag::<T>())?;
         let channel = Channel::open(map, 1).map_err(D::Error::custom)?;
-        Queue::from_channel(channel, wire.hold).map_err(D::Error::custom)
+        Queue::from_channel(channel, hold).map_err(D::Error::custom)
     }
 }
 

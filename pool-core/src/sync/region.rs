@@ -100,8 +100,19 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
     kind: Kind,
     tag: u32,
 ) -> Result<Arc<Mapping>, D::Error> {
+    deserialize_held(d, kind, tag).map(|(map, _)| map)
+}
+
+/// [`deserialize`], with the token of the hold that counted the handle in flight (0 for
+/// none).
+pub(crate) fn deserialize_held<'de, D: Deserializer<'de>>(
+    d: D,
+    kind: Kind,
+    tag: u32,
+) -> Result<(Arc<Mapping>, u32), D::Error> {
     let wire = Wire::deserialize(d)?;
-    open(&wire, kind, tag).map_err(serde::de::Error::custom)
+    let map = open(&wire, kind, tag).map_err(serde::de::Error::custom)?;
+    Ok((map, wire.hold))
 }
 
 /// Opens the region `wire` names, checking its kind and element type.

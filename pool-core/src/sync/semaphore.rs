@@ -220,8 +220,7 @@ impl Serialize for Semaphore {
 impl<'de> Deserialize<'de> for Semaphore {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let wire = region::Wire::deserialize(d)?;
-        let map = region::open(&wire, Kind::Semaphore, 0).map_err(D::Error::custom)?;
-        Semaphore::join(map, wire.hold).map_err(D::Error::custom)
+        let (map, hold) = region::deserialize_held(d, Kind::Semaphore, 0)?;
+        Semaphore::join(map, hold).map_err(D::Error::custom)
     }
 }
