@@ -127,7 +127,7 @@ fn a_worker_that_breaks_the_protocol_fails_its_task_and_is_replaced() {
         ("huge", "larger than the limit"),
         ("shared_without_fd", "no descriptor came with the reply"),
         ("shared_unsealed", "not sealed against writes"),
-        ("scratch_unasked", "a task without a scratch"),
+        ("scratch_unasked", "no scratch for the task it answers"),
         ("scratch_overlong", "announced in a region of"),
     ] {
         let pool = hostile_pool(mode);

@@ -11,7 +11,6 @@
 
 use std::any::Any;
 use std::ffi::OsString;
-use std::io;
 use std::marker::PhantomData;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -30,7 +29,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, JobError, LostCause};
 use crate::launch::{self, LaunchSpec, StartMethod};
 use crate::pool::{JobTable, Regions, batch_request, encode_batch, launch_spec};
-use crate::result::{Delivery, Payload, decode_values, reply_delivery};
+use crate::result::{Delivery, decode_values, reply_delivery, shared_outcomes};
 use crate::sync::Hold;
 use crate::sys;
 
@@ -492,22 +491,8 @@ impl Keeper {
         let delivery = protocol::decode::<Reply>(&body)
             .map_err(|e| e.to_string())
             .and_then(|reply| {
-                let shared = match &reply {
-                    Reply::DoneBatchShared { len, .. } => Some(Payload::Mapped(
-                        reader
-                            .take_fd()
-                            .ok_or_else(|| io::Error::other("no descriptor came with it"))
-                            .and_then(|fd| payload::map(&fd, *len))
-                            .map_err(|e| format!("shared result: {e}"))?,
-                    )),
-                    Reply::DoneBatchInScratch { len, .. } => Some(Payload::Scratch(
-                        regions
-                            .take()
-                            .ok_or("a result in a scratch that was not given")?
-                            .into_outcomes(*len)?,
-                    )),
-                    _ => None,
-                };
+                let shared = shared_outcomes(&reply, || reader.take_fd(), || regions.take())
+                    .map_err(|e| format!("shared result: {e}"))?;
                 reply_delivery(reply, 1, shared).map_err(|other| format!("unexpected {other:?}"))
             });
         // The worker has answered: it touches the shared memory no more.

@@ -6,6 +6,7 @@
 //! the supervisor owns the task and gives it up in the act of delivering it.
 
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +20,7 @@ use pool_worker::protocol::{BatchOutcomes, ItemFailure, Outcome, Reply};
 use serde::de::DeserializeOwned;
 
 use crate::error::JobError;
-use crate::pool::Shared;
+use crate::pool::{Regions, Shared};
 
 /// How long a waiter looks for a result before it sleeps.
 const SPIN: Duration = Duration::from_micros(100);
@@ -57,6 +58,31 @@ pub(crate) fn reply_delivery(
         (other, _) => return Err(other),
     };
     Ok(Delivery::Batch { count, bytes })
+}
+
+/// Where a shared reply's outcomes are: the sealed memfd that came with a
+/// `DoneBatchShared` (`fd`, taken only for one), or the scratch of the task a
+/// `DoneBatchInScratch` answers (from `regions`, whose arguments go back on the spare
+/// list). `None` for a reply with its outcomes inline.
+pub(crate) fn shared_outcomes(
+    reply: &Reply,
+    fd: impl FnOnce() -> Option<OwnedFd>,
+    regions: impl FnOnce() -> Option<Regions>,
+) -> Result<Option<Payload>, String> {
+    match reply {
+        Reply::DoneBatchShared { len, .. } => {
+            let fd = fd().ok_or("no descriptor came with the reply")?;
+            let mapped = payload::map(&fd, *len).map_err(|e| e.to_string())?;
+            Ok(Some(Payload::Mapped(mapped)))
+        }
+        Reply::DoneBatchInScratch { len, .. } => {
+            let regions = regions().ok_or("no scratch for the task it answers")?;
+            regions
+                .into_outcomes(*len)
+                .map(|s| Some(Payload::Scratch(s)))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn raw_outcome(outcome: Outcome) -> RawOutcome {

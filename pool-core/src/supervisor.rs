@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
-use pool_worker::payload::{self, RegionMap};
 use pool_worker::protocol::{self, Hello, Reply, Request};
 use pool_worker::slots::Slots;
 
@@ -31,7 +30,7 @@ use crate::error::{Error, JobError, LostCause, describe_exitcode};
 use crate::launch;
 use crate::launch::StartMethod;
 use crate::pool::{Accepting, Config, JobTable, Regions, Shared};
-use crate::result::{Delivery, Payload, Sink, reply_delivery};
+use crate::result::{Delivery, Sink, reply_delivery, shared_outcomes};
 use crate::stderr::StderrTap;
 use crate::sys;
 use crate::zygote::Zygote;
@@ -719,19 +718,14 @@ impl Supervisor {
                     "a result of {len} bytes is larger than the limit of {max}"
                 ))
             }
-            Reply::DoneBatchShared { len, .. } => {
-                map_shared(w.conn.as_mut(), *len).map(|m| Some(Payload::Mapped(m)))
-            }
-            Reply::DoneBatchInScratch { len, .. } => match w.inflight.front_mut() {
-                Some(head) if answers(&reply, head) => head
-                    .take_regions()
-                    .ok_or_else(|| "a task without a scratch".to_owned())
-                    .and_then(|r| r.into_outcomes(*len))
-                    .map(|s| Some(Payload::Scratch(s))),
-                // Reported as a reply out of turn below.
-                _ => Ok(None),
-            },
-            _ => Ok(None),
+            _ => shared_outcomes(
+                &reply,
+                || w.conn.as_mut().and_then(Conn::take_fd),
+                || match w.inflight.front_mut() {
+                    Some(head) if answers(&reply, head) => head.take_regions(),
+                    _ => None,
+                },
+            ),
         };
         let shared = match shared {
             Ok(shared) => shared,
@@ -1281,14 +1275,6 @@ fn answers(reply: &Reply, head: &Inflight) -> bool {
         | Reply::DoneBatchInScratch { task, .. } => *task == id,
         _ => false,
     }
-}
-
-/// Maps the sealed memfd that came with a shared reply of `len` bytes.
-fn map_shared(conn: Option<&mut Conn>, len: u64) -> Result<RegionMap, String> {
-    let fd = conn
-        .and_then(Conn::take_fd)
-        .ok_or("no descriptor came with the reply")?;
-    payload::map(&fd, len).map_err(|e| e.to_string())
 }
 
 /// New start-or-revoke slots for a worker, and the frame and memfd that give them to it.

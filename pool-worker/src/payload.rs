@@ -287,7 +287,6 @@ pub enum SpillTo {
 /// straight through.
 pub(crate) struct SpillWriter {
     bytes: Vec<u8>,
-    len: usize,
     to: SpillTo,
     /// The region once spilled, and how many bytes of it are written.
     region: Option<(Region, usize)>,
@@ -300,7 +299,6 @@ impl SpillWriter {
     pub fn new(to: SpillTo) -> SpillWriter {
         SpillWriter {
             bytes: Vec::new(),
-            len: 0,
             to,
             region: None,
         }
@@ -308,7 +306,6 @@ impl SpillWriter {
 
     #[inline(always)]
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.len += bytes.len();
         if self.bytes.len() + bytes.len() <= self.bytes.capacity() {
             // The hot path: room in the buffer (which grows only in `write_more`).
             self.bytes.extend_from_slice(bytes);
@@ -373,7 +370,7 @@ impl SpillWriter {
             return Ok(Encoded::Inline(self.bytes));
         };
         region.write_at(at, &self.bytes)?;
-        let len = self.len;
+        let len = at + self.bytes.len();
         match self.to {
             SpillTo::Sealed => Ok(Encoded::Sealed {
                 fd: region.seal(len)?,
