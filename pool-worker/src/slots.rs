@@ -28,8 +28,11 @@ use crate::sys::{self, SharedPage};
 pub const SLOTS: usize = 64;
 /// Words in the page: room for the tasks in flight and for as many revoked ones.
 const WORDS: usize = 2 * SLOTS;
+/// The page's words: the state words, then the start times, then the arguments
+/// running (one of each per slot).
+const PAGE_WORDS: usize = 3 * WORDS;
 /// The page's size in bytes.
-const BYTES: usize = WORDS * 8;
+const BYTES: usize = PAGE_WORDS * 8;
 
 const QUEUED: u64 = 1;
 const STARTED: u64 = 2;
@@ -65,6 +68,14 @@ impl Slots {
         self.page.word((seq % WORDS as u64) as usize)
     }
 
+    fn started_at(&self, seq: u64) -> &AtomicU64 {
+        self.page.word(WORDS + (seq % WORDS as u64) as usize)
+    }
+
+    fn argument(&self, seq: u64) -> &AtomicU64 {
+        self.page.word(2 * WORDS + (seq % WORDS as u64) as usize)
+    }
+
     fn word(task: u64, state: u64) -> u64 {
         (task << 2) | state
     }
@@ -88,8 +99,39 @@ impl Slots {
             .is_ok()
     }
 
+    /// Where `task`, the `seq`th task sent to this worker, is (supervisor): not started,
+    /// started (at the worker's word for when, in `CLOCK_MONOTONIC` nanoseconds), or
+    /// taken back. Anything else in its slot (a worker writing garbage) reads as
+    /// started: a start that cannot be ruled out counts as one.
+    pub fn state(&self, seq: u64, task: u64) -> SlotState {
+        let word = self.slot(seq).load(Ordering::SeqCst);
+        if word == Slots::word(task, QUEUED) {
+            SlotState::Queued
+        } else if word == Slots::word(task, REVOKED) {
+            SlotState::Revoked
+        } else {
+            SlotState::Started {
+                at_ns: self.started_at(seq).load(Ordering::SeqCst),
+            }
+        }
+    }
+
+    /// Which argument of its batch `task` was on, as the worker last said (supervisor;
+    /// unchecked: the caller bounds it).
+    pub fn argument_running(&self, seq: u64) -> u64 {
+        self.argument(seq).load(Ordering::Relaxed)
+    }
+
+    /// Says that the task in slot `seq` is now on argument `index` of its batch (worker).
+    pub fn set_argument(&self, seq: u64, index: u64) {
+        self.argument(seq).store(index, Ordering::Relaxed);
+    }
+
     /// Claims `task` for running (worker); false if the supervisor took it back.
     pub fn start(&self, seq: u64, task: u64) -> bool {
+        // Before the swap, so a supervisor that sees the task started sees when.
+        self.started_at(seq).store(monotonic_ns(), Ordering::SeqCst);
+        self.argument(seq).store(0, Ordering::Relaxed);
         match self.slot(seq).compare_exchange(
             Slots::word(task, QUEUED),
             Slots::word(task, STARTED),
@@ -100,6 +142,25 @@ impl Slots {
             Err(now) => now != Slots::word(task, REVOKED),
         }
     }
+}
+
+/// Where a task sent ahead is, as its slot says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    /// Sent, not started: the supervisor may still take it back.
+    Queued,
+    /// The worker started it (at this `CLOCK_MONOTONIC` time, as the worker wrote it).
+    Started { at_ns: u64 },
+    /// Taken back: the worker skips it.
+    Revoked,
+}
+
+/// Now on `CLOCK_MONOTONIC` (the clock `std::time::Instant` reads on Linux), in
+/// nanoseconds, comparable across the processes of one machine.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -114,7 +175,12 @@ mod tests {
         supervisor.queue(1, 80);
         assert!(worker.start(0, 70));
         assert!(!supervisor.revoke(0, 70), "started: too late to revoke");
+        assert!(matches!(supervisor.state(0, 70), SlotState::Started { at_ns } if at_ns > 0));
+        assert_eq!(supervisor.state(1, 80), SlotState::Queued);
+        worker.set_argument(0, 5);
+        assert_eq!(supervisor.argument_running(0), 5);
         assert!(supervisor.revoke(1, 80));
+        assert_eq!(supervisor.state(1, 80), SlotState::Revoked);
         assert!(!worker.start(1, 80), "revoked: never starts");
         // The slot's next user is another task; only an exact match acts.
         let next = WORDS as u64;
