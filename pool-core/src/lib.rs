@@ -29,9 +29,11 @@
 //! exactly once, with its value or a typed error; a dead worker fails only the task it
 //! was running; no worker outlives the pool or its process.
 
+mod completion;
 mod conn;
 mod error;
 mod imap;
+mod inflight;
 mod launch;
 mod pool;
 mod process;

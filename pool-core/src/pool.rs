@@ -17,6 +17,7 @@ use pool_worker::protocol::{self, DEFAULT_MAX_FRAME, Request};
 use pool_worker::{Codec, Job};
 use serde_bytes::ByteBuf;
 
+use crate::completion::{self, Drained};
 use crate::error::{Error, JobError, TaskOptions};
 use crate::imap::Imap;
 use crate::launch::{LaunchSpec, StartMethod};
@@ -324,10 +325,19 @@ impl PoolBuilder {
             status: Mutex::new(Status::default()),
             status_changed: Condvar::new(),
             next_task: AtomicU64::new(1),
+            drained: Arc::default(),
         });
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-        let supervisor = Supervisor::new(poll, rx, shared.clone(), config.clone(), ready_tx);
         let span = tracing::info_span!("pool", processes);
+        let completions = span.in_scope(|| completion::start(shared.drained.clone()))?;
+        let supervisor = Supervisor::new(
+            poll,
+            rx,
+            shared.clone(),
+            config.clone(),
+            ready_tx,
+            completions,
+        );
         let live = LivePool::new();
         let thread = std::thread::Builder::new()
             .name("procpool-supervisor".into())
@@ -444,6 +454,8 @@ pub(crate) struct Shared {
     status: Mutex<Status>,
     status_changed: Condvar,
     next_task: AtomicU64,
+    /// Set once every resolved task has been delivered and its callbacks run.
+    drained: Arc<Drained>,
 }
 
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -517,12 +529,14 @@ impl Shared {
         relock(&self.port).accepting == Accepting::Open
     }
 
-    /// Waits for the supervisor to finish; false if `deadline` came first.
+    /// Waits for the supervisor to finish and every outcome to be delivered (but for
+    /// the callback calling this, if one does); false if `deadline` came first.
     fn wait_finished(&self, deadline: Option<Instant>) -> bool {
         wait_while(&self.status_changed, relock(&self.status), deadline, |s| {
             !s.finished
         })
         .finished
+            && self.drained.wait(deadline)
     }
 }
 
@@ -1147,8 +1161,6 @@ impl Pool {
             span: tracing::debug_span!("task", id, job = %spec.name),
             options: spec.options,
             lost_runs: 0,
-            revoking: false,
-            seq: 0,
             _holds: holds,
             regions,
         })

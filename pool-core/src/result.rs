@@ -201,12 +201,7 @@ fn decode_batch<T: DeserializeOwned>(
     bytes: &[u8],
     count: usize,
 ) -> Result<BatchOutcomes<T>, JobError> {
-    let outcomes: BatchOutcomes<T> = Codec::Bincode.decode(bytes).map_err(|e| JobError::Codec {
-        message: format!(
-            "results do not decode as {}: {e}",
-            std::any::type_name::<T>()
-        ),
-    })?;
+    let outcomes: BatchOutcomes<T> = decode_user(bytes, "results do")?;
     let (values, failures) = (outcomes.values.len(), outcomes.failures.len());
     let in_order = outcomes
         .failures
@@ -250,13 +245,26 @@ pub(crate) fn raw_delivery(delivery: Delivery) -> Outcomes<Vec<u8>> {
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(raw: RawOutcome) -> Result<T, JobError> {
-    let bytes = raw?;
-    Codec::Bincode.decode(&bytes).map_err(|e| JobError::Codec {
-        message: format!(
-            "result does not decode as {}: {e}",
-            std::any::type_name::<T>()
-        ),
-    })
+    decode_user(&raw?, "result does")
+}
+
+/// Decodes a worker's bytes into a caller's type `M` (built from `T`, the type named in
+/// errors). Its `Deserialize` is user code: a panic in it fails this result with
+/// `Codec`, and nothing else.
+fn decode_user<M: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<M, JobError> {
+    let name = std::any::type_name::<M>();
+    match catch_unwind(AssertUnwindSafe(|| Codec::Bincode.decode::<M>(bytes))) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(JobError::Codec {
+            message: format!("{what} not decode as {name}: {e}"),
+        }),
+        Err(panic) => Err(JobError::Codec {
+            message: format!(
+                "{what} not decode as {name}: its Deserialize panicked: {}",
+                pool_worker::panic_message(panic.as_ref())
+            ),
+        }),
+    }
 }
 
 type Callback<T> = Box<dyn FnOnce(&Result<T, JobError>) + Send>;
@@ -303,7 +311,12 @@ impl<T> Slot<T> {
     }
 
     /// Completes the slot once; a second completion is a bug upstream and is ignored.
-    pub fn complete(&self, result: Result<T, JobError>) {
+    /// Its callbacks run on the pool's callbacks thread when this is called on its
+    /// results thread (see `completion`), here otherwise; waiters wake after them.
+    pub fn complete(self: &Arc<Self>, result: Result<T, JobError>)
+    where
+        T: Send + 'static,
+    {
         let (callbacks, waker) = {
             let mut state = self.lock();
             match std::mem::replace(&mut *state, State::Completing { late: Vec::new() }) {
@@ -315,7 +328,16 @@ impl<T> Slot<T> {
                 }
             }
         };
-        self.settle(result, callbacks);
+        if callbacks.is_empty() {
+            self.settle(result, callbacks);
+        } else {
+            let slot = self.clone();
+            let work: crate::completion::CallbackWork =
+                Box::new(move || slot.settle(result, callbacks));
+            if let Some(work) = crate::completion::defer_callbacks(work) {
+                work();
+            }
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -536,8 +558,10 @@ impl<T: Send + 'static> AsyncResult<T> {
     }
 
     /// Runs `callback` with the outcome once the task resolves (at once, on this
-    /// thread, if it already has; otherwise on the pool's supervisor thread, so keep it
-    /// short). A panicking callback is logged and changes nothing else.
+    /// thread, if it already has; otherwise on the pool's callbacks thread, one
+    /// callback at a time, so keep it short). A callback may use the pool (`apply`,
+    /// `terminate`, dropping the pool). A panicking callback is logged and changes
+    /// nothing else.
     pub fn on_complete(&self, callback: impl FnOnce(&Result<T, JobError>) + Send + 'static) {
         self.slot.on_complete(Box::new(callback));
     }
