@@ -13,11 +13,10 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::signal::Signal;
 use procpool::{AsyncResult, JobError, Pool, StartMethod, TaskOptions, job};
 use serde_bytes::ByteBuf;
 
@@ -27,32 +26,9 @@ procpool::test_harness!();
 /// `payload` (large ones travel in shared memory).
 #[job]
 fn chaos_job(path: String, input: u64, ms: u64, payload: ByteBuf) -> Result<u64, String> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&path)
-        .map_err(|e| e.to_string())?;
-    f.write_all(format!("{input} {}\n", std::process::id()).as_bytes())
-        .map_err(|e| e.to_string())?;
-    drop(f);
+    record_start(&path, input)?;
     std::thread::sleep(Duration::from_millis(ms));
     Ok(input + payload.len() as u64)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 fn seconds() -> f64 {
@@ -83,30 +59,10 @@ fn run_chaos(method: StartMethod, retries: u32, seed: u64) {
         .unwrap();
     let mut rng = Rng(seed);
     let done = AtomicBool::new(false);
-    let kills = AtomicUsize::new(0);
     let until = Instant::now() + Duration::from_secs_f64(seconds());
     let mut submitted: Vec<Submitted> = Vec::new();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let mut n = seed as usize;
-            while !done.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(40));
-                let pids = pool.worker_pids();
-                if pids.is_empty() {
-                    continue;
-                }
-                n = n.wrapping_mul(31).wrapping_add(7);
-                let victim = pids[n % pids.len()];
-                if nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(victim as i32),
-                    Signal::SIGKILL,
-                )
-                .is_ok()
-                {
-                    kills.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        });
+    let kills = std::thread::scope(|s| {
+        let killer = s.spawn(|| kill_workers_until(&pool, Duration::from_millis(40), &done, seed));
         let mut input = 0u64;
         while Instant::now() < until {
             input += 1;
@@ -153,15 +109,16 @@ fn run_chaos(method: StartMethod, retries: u32, seed: u64) {
             outcomes.push((s.input, s.expected, s.cancelled, s.timed, got));
         }
         done.store(true, Ordering::SeqCst);
+        let kills = killer.join().unwrap();
         check(&path, retries, &outcomes);
         eprintln!(
-            "{name}: {} tasks, {} kills, {} ok",
+            "{name}: {} tasks, {kills} kills, {} ok",
             outcomes.len(),
-            kills.load(Ordering::SeqCst),
             outcomes.iter().filter(|o| o.4.is_ok()).count()
         );
+        kills
     });
-    assert!(kills.load(Ordering::SeqCst) > 0, "no worker was killed");
+    assert!(kills > 0, "no worker was killed");
     let pids = pool.worker_pids();
     pool.terminate();
     assert_gone(&pids);

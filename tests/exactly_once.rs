@@ -23,18 +23,6 @@ fn ledger(name: &str) -> (std::path::PathBuf, String) {
     (path, text)
 }
 
-/// A small xorshift: the tests are random but repeatable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Warms up pipelining: after a few short tasks, the worker is sent tasks ahead.
 fn warm_up(pool: &Pool) {
     for i in 0..20 {

@@ -239,18 +239,21 @@ pub fn init_fails_once(dir: String) -> Result<(), String> {
 }
 
 /// Appends `<input> <pid>\n` to the ledger file `path` (`O_APPEND`: one write, never
-/// interleaved), sleeps `ms`, then returns `input`. The ledger counts starts.
-#[job]
-pub fn ledger_sleep(path: String, input: u64, ms: u64) -> Result<u64, String> {
+/// interleaved): a job calls it as it starts, so the ledger counts starts.
+pub fn record_start(path: &str, input: u64) -> Result<(), String> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .append(true)
         .create(true)
-        .open(&path)
-        .map_err(|e| e.to_string())?;
-    f.write_all(format!("{input} {}\n", std::process::id()).as_bytes())
-        .map_err(|e| e.to_string())?;
-    drop(f);
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{input} {}\n", std::process::id()).as_bytes()))
+        .map_err(|e| e.to_string())
+}
+
+/// Records its start in the ledger at `path`, sleeps `ms`, then returns `input`.
+#[job]
+pub fn ledger_sleep(path: String, input: u64, ms: u64) -> Result<u64, String> {
+    record_start(&path, input)?;
     std::thread::sleep(Duration::from_millis(ms));
     Ok(input)
 }
