@@ -27,6 +27,7 @@
 //! Panics inside a job are caught and reported as such, so a job must not be built
 //! with `panic = "abort"` if its panics are to be told from crashes.
 
+mod bounded;
 mod codec;
 mod job;
 pub mod payload;
