@@ -361,6 +361,38 @@ fn hostile_lengths_inside_a_batch_of_results_fail_it_with_codec_and_the_pool_goe
 }
 
 #[test]
+fn a_worker_that_shrinks_its_shared_memory_fails_its_task_and_the_pool_goes_on() {
+    // Past the shared-memory threshold: the arguments go in a region, with a scratch.
+    let large = vec![1u8; 1 << 20];
+    for mode in ["truncate_scratch", "truncate_arguments"] {
+        let hostile = hostile_once(mode);
+        let pool = &hostile.pool;
+        let first = pool.worker_pids();
+        // The garbage the worker wrote in the scratch (it could not shrink it).
+        match pool.apply(byte_len, large.clone()) {
+            Err(JobError::Codec { message }) => {
+                assert!(message.contains("do not decode"), "{mode}: {message}")
+            }
+            other => panic!("{mode}: expected a Codec error, got {other:?}"),
+        }
+        // Later tasks take their regions from the spare list, where the hostile
+        // task's went back: several rounds, so each of them is used again.
+        for round in 0..8 {
+            assert_eq!(
+                pool.apply(byte_len, large.clone()),
+                Ok(large.len()),
+                "{mode}: round {round}"
+            );
+            assert_eq!(pool.apply(bytes_of, 300_000).map(|b| b.len()), Ok(300_000));
+        }
+        let last = pool.worker_pids();
+        pool.terminate();
+        assert_gone(&first);
+        assert_gone(&last);
+    }
+}
+
+#[test]
 fn a_map_whose_later_input_does_not_encode_fails_as_a_whole_and_the_pool_goes_on() {
     let pool = pool(2);
     let inputs = (0..50)

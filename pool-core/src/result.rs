@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use pool_worker::Codec;
-use pool_worker::payload::{self, Region, RegionMap};
+use pool_worker::payload::{self, Region, SealedMap};
 use pool_worker::protocol::{BatchOutcomes, ItemFailure, Outcome, Reply};
 use serde::de::DeserializeOwned;
 
@@ -96,20 +96,22 @@ fn raw_outcome(outcome: Outcome) -> RawOutcome {
 }
 
 /// Encoded bytes from a worker: read from its stream, or (large results) mapped from
-/// the sealed memfd it sent or written into the task's scratch; decoded in place.
+/// the sealed memfd it sent (bytes that cannot change), or in the task's scratch
+/// (which the worker can still write: copied out before they are decoded).
 pub(crate) enum Payload {
     Owned(Vec<u8>),
-    Mapped(RegionMap),
+    Mapped(SealedMap),
     Scratch(Scratch),
 }
 
-impl std::ops::Deref for Payload {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
+impl Payload {
+    /// The bytes to decode: in place, or, from a scratch, a private copy.
+    pub fn bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>, JobError> {
+        use std::borrow::Cow;
         match self {
-            Payload::Owned(v) => v,
-            Payload::Mapped(m) => m.bytes(m.len()),
-            Payload::Scratch(s) => s.bytes(),
+            Payload::Owned(v) => Ok(Cow::Borrowed(v)),
+            Payload::Mapped(m) => Ok(Cow::Borrowed(m.bytes())),
+            Payload::Scratch(s) => s.copy_out().map(Cow::Owned),
         }
     }
 }
@@ -122,22 +124,31 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    /// The first `len` bytes of `region`, if it has that many.
+    /// The first `len` bytes of `region`, if it has that many now. Copied out only
+    /// when decoded (on the thread that decodes), and checked again then.
     pub fn new(region: Region, len: u64) -> std::io::Result<Scratch> {
         let len = usize::try_from(len).map_err(|_| std::io::Error::other("result too large"))?;
-        region.bytes(len)?;
+        // An early, clear error for a length past the region; `copy_out` checks again.
+        let size = region.size()?;
+        if len > size {
+            return Err(std::io::Error::other(format!(
+                "{len} bytes announced in a region of {size}"
+            )));
+        }
         Ok(Scratch {
             region: Some(region),
             len,
         })
     }
 
-    fn bytes(&self) -> &[u8] {
-        // In range: checked in `new`.
-        self.region
-            .as_ref()
-            .and_then(|r| r.bytes(self.len).ok())
-            .unwrap_or_default()
+    /// A private copy of the outcomes: the worker can write the scratch still.
+    fn copy_out(&self) -> Result<Vec<u8>, JobError> {
+        let region = self.region.as_ref().ok_or_else(|| JobError::Protocol {
+            message: "the scratch is gone".into(),
+        })?;
+        region.copy_out(self.len).map_err(|e| JobError::Protocol {
+            message: format!("the results in shared memory cannot be read: {e}"),
+        })
     }
 }
 
@@ -163,7 +174,7 @@ pub(crate) fn decode_delivery<T: DeserializeOwned>(delivery: Delivery) -> Outcom
         Delivery::Items(raw) => return raw.into_iter().map(decode).collect(),
         Delivery::Batch { count, bytes } => (count, bytes),
     };
-    let outcomes = match decode_batch::<T>(&bytes, count) {
+    let outcomes = match bytes.bytes().and_then(|b| decode_batch::<T>(&b, count)) {
         Ok(outcomes) => outcomes,
         Err(e) => return (0..count).map(|_| Err(e.clone())).collect(),
     };
@@ -189,7 +200,7 @@ pub(crate) fn decode_values<T: DeserializeOwned>(delivery: Delivery) -> Result<V
         Delivery::Items(raw) => return raw.into_iter().map(decode).collect(),
         Delivery::Batch { count, bytes } => (count, bytes),
     };
-    let outcomes = decode_batch::<T>(&bytes, count)?;
+    let outcomes = decode_batch::<T>(&bytes.bytes()?, count)?;
     match outcomes.failures.into_iter().next() {
         Some(failure) => Err(failure_error(failure)),
         None => Ok(outcomes.values),

@@ -6,20 +6,30 @@
 //! - **Regions** ([`Region`]), the supervisor's, reused: a region is written, read, and
 //!   put back on a process-wide spare list ([`recycle`]), so its pages are there for
 //!   the next payload (fresh shared pages cost more here than the copy into them). A
-//!   task's large arguments go in one, sent read-only, so the worker cannot change
-//!   them and a task lost with its worker is retried with its arguments intact. Such a
-//!   task carries a second region, writable, its *scratch*, where the worker writes
-//!   large outcomes. One process at a time writes a region: the supervisor before it
-//!   sends the request, the worker before it replies. The supervisor reuses a scratch
-//!   only after the reply; the scratch of a task that got none is freed, never reused.
+//!   task's large arguments go in one, sent read-only. Such a task carries a second
+//!   region, writable, its *scratch*, where the worker writes large outcomes. One
+//!   process at a time is meant to write a region: the supervisor before it sends the
+//!   request, the worker before it replies. The supervisor reuses a scratch only after
+//!   the reply; the scratch of a task that got none is freed, never reused.
 //! - **Sealed memfds**: a worker's large result to a request without a scratch (small
 //!   arguments). Written once, sealed against writes and resizing, and checked by the
-//!   receiver, which then decodes from a read-only mapping that cannot change.
+//!   receiver, which then decodes from a read-only mapping that cannot change
+//!   ([`SealedMap`]).
+//!
+//! A region is never trusted, by either side. A worker can write any region it was
+//! ever sent, whenever it likes (a read-only descriptor of a memfd opens again
+//! read-write through `/proc/self/fd`), so what is read from a region is copied out
+//! first (`pread`: no reference into shared memory is ever handed out) and decoded as
+//! hostile input, its length checked against the memfd's size at that moment. And no
+//! process can shrink a region under another's mapping (which would fault that
+//! process with SIGBUS): every region is sealed against shrinking when it is made, and
+//! one that is not is refused; it may still grow.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, TryLockError};
 
@@ -28,7 +38,8 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
 use crate::protocol::{self, ProtocolError};
-pub use crate::sys::RegionMap;
+use crate::sys::RegionMap;
+pub use crate::sys::SealedMap;
 
 /// Payloads above this many bytes travel in shared memory.
 pub const SHARED_ABOVE: usize = 256 * 1024;
@@ -90,11 +101,21 @@ impl std::fmt::Debug for Region {
 }
 
 impl Region {
-    /// A new region of `capacity` bytes. Nobody can seal it (no `MFD_ALLOW_SEALING`),
-    /// so neither side can lock the other out of it.
+    /// A new region of `capacity` bytes, sealed against shrinking (so no process it is
+    /// sent to can cut it under another's mapping) and against further seals (so none
+    /// can stop it from growing, or lock its writers out).
     pub fn new(capacity: usize) -> io::Result<Region> {
-        let fd = memfd_create("procpool-payload", MFdFlags::MFD_CLOEXEC)?;
-        Region::sized(File::from(fd), capacity)
+        let fd = memfd_create(
+            "procpool-payload",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )?;
+        let file = File::from(fd);
+        file.set_len(capacity as u64)?;
+        fcntl(
+            &file,
+            FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL),
+        )?;
+        Region::adopt(file.into())
     }
 
     /// A new region that [`Region::seal`] can seal.
@@ -108,12 +129,21 @@ impl Region {
 
     fn sized(file: File, capacity: usize) -> io::Result<Region> {
         file.set_len(capacity as u64)?;
-        Region::adopt(file.into())
+        // Not sealed yet, but not shared either until it is.
+        Region::map(file)
     }
 
-    /// The region behind a received descriptor (a worker's scratch), all of it mapped.
+    /// The region behind a received descriptor (a worker's scratch), all of it mapped;
+    /// refused unless it is sealed against shrinking.
     pub fn adopt(fd: OwnedFd) -> io::Result<Region> {
-        let file = File::from(fd);
+        if !cannot_shrink(fd.as_fd())? {
+            return Err(io::Error::other("a region not sealed against shrinking"));
+        }
+        Region::map(File::from(fd))
+    }
+
+    /// Maps all of `file`, a memfd nobody else can shrink (sealed, or not shared).
+    fn map(file: File) -> io::Result<Region> {
         let map = RegionMap::map(file.as_fd(), size(&file)?)?;
         Ok(Region {
             file,
@@ -136,15 +166,25 @@ impl Region {
         Ok(())
     }
 
-    /// Its first `len` bytes, which the last writer announced.
-    pub fn bytes(&self, len: usize) -> io::Result<&[u8]> {
-        if len > self.capacity() {
+    /// Its memfd's size now, in bytes: what it was made with, or more if a process
+    /// grew it (it cannot shrink).
+    pub fn size(&self) -> io::Result<usize> {
+        size(&self.file)
+    }
+
+    /// A copy of its first `len` bytes, which the last writer announced: checked
+    /// against the memfd's size now (whatever the mapping here says), and read with
+    /// `pread`, so the copy is private memory that nobody else can change.
+    pub fn copy_out(&self, len: usize) -> io::Result<Vec<u8>> {
+        let size = size(&self.file)?;
+        if len > size {
             return Err(io::Error::other(format!(
-                "{len} bytes announced in a region of {}",
-                self.capacity()
+                "{len} bytes announced in a region of {size}"
             )));
         }
-        Ok(self.map.bytes(len))
+        let mut bytes = vec![0; len];
+        self.file.read_exact_at(&mut bytes, 0)?;
+        Ok(bytes)
     }
 
     /// Writes `bytes` at `offset`, growing the region if they do not fit.
@@ -154,8 +194,11 @@ impl Region {
             .ok_or_else(|| io::Error::other("payload too large"))?;
         if end > self.capacity() {
             let grown = end.max(2 * self.capacity()).next_multiple_of(REGION_STEP);
-            self.file.set_len(grown as u64)?;
-            self.refresh()?;
+            // Another process may have grown it already (never shrunk: sealed).
+            if size(&self.file)? < grown {
+                self.file.set_len(grown as u64)?;
+            }
+            self.map = RegionMap::map(self.file.as_fd(), grown)?;
         }
         self.map.copy_in(offset, bytes);
         Ok(())
@@ -193,6 +236,16 @@ impl Region {
             | SealFlag::F_SEAL_SEAL;
         fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
         Ok(fd)
+    }
+}
+
+/// Whether `fd` is a memfd sealed against shrinking.
+fn cannot_shrink(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    match fcntl(fd, FcntlArg::F_GET_SEALS) {
+        Ok(seals) => Ok(SealFlag::from_bits_truncate(seals).contains(SealFlag::F_SEAL_SHRINK)),
+        // Not a memfd, or one made without MFD_ALLOW_SEALING.
+        Err(nix::errno::Errno::EINVAL) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -247,11 +300,19 @@ pub fn spare_region() -> io::Result<Region> {
 }
 
 /// Puts `region` on the spare list, or frees it if the list is full. Only for a region
-/// no other process will write again.
+/// no other process should write again (one that does anyway can only garble a later
+/// payload, which its reader decodes as hostile input). A region another process grew
+/// past the budget is freed: its size is looked at now.
 pub fn recycle(region: Region) {
+    let Ok(size) = size(&region.file) else {
+        return;
+    };
     let refused = with_spare(|regions| {
         let held: usize = regions.iter().map(Region::capacity).sum();
-        if regions.len() < SPARE_REGIONS && held + region.capacity() <= SPARE_BYTES {
+        if regions.len() < SPARE_REGIONS
+            && size <= SPARE_BYTES
+            && held + region.capacity() <= SPARE_BYTES
+        {
             regions.push(region);
             None
         } else {
@@ -391,119 +452,85 @@ fn sealed(bytes: &[u8]) -> io::Result<OwnedFd> {
 
 /// Maps the sealed memfd of a payload of `len` bytes read-only, refusing one whose
 /// contents could still change or that holds another number of bytes.
-pub fn map(fd: &OwnedFd, len: u64) -> io::Result<RegionMap> {
-    let have = fcntl(fd, FcntlArg::F_GET_SEALS)
-        .map_err(|e| io::Error::other(format!("not a sealed memfd: {e}")))?;
-    let need = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK;
-    if !SealFlag::from_bits_truncate(have).contains(need) {
-        return Err(io::Error::other(
-            "shared payload is not sealed against writes",
-        ));
-    }
-    let size = size(fd)?;
-    if size as u64 != len {
-        return Err(io::Error::other(format!(
-            "shared payload has {size} bytes where {len} were announced"
-        )));
-    }
-    RegionMap::map_read_only(fd.as_fd(), size)
+pub fn map(fd: &OwnedFd, len: u64) -> io::Result<SealedMap> {
+    SealedMap::open(fd.as_fd(), len)
 }
 
-/// A worker's mappings of the supervisor's regions, kept from task to task. The
-/// supervisor reuses its regions, so the next time a kept region comes, its pages are
-/// mapped already (no page faults), and nothing is unmapped per task. A kept mapping
-/// keeps its memfd's memory alive after the supervisor lets it go, so a worker keeps
-/// what the spare list would: at most [`SPARE_REGIONS`] mappings of [`SPARE_BYTES`] in
-/// all, the least recently used dropped first, and none of [`KEEP_BELOW`] bytes or
-/// more.
+/// What a worker keeps from task to task of the supervisor's regions: its scratches,
+/// mapped (the supervisor reuses its regions, so the next time a kept one comes, its
+/// pages are mapped already: no page faults, nothing unmapped per task), and a buffer
+/// that arguments are copied into. A kept mapping keeps its memfd's memory alive
+/// after the supervisor lets it go, so a worker keeps what the spare list would: at
+/// most [`SPARE_REGIONS`] mappings of [`SPARE_BYTES`] in all, the least recently used
+/// dropped first, and none of [`KEEP_BELOW`] bytes or more (nor a buffer that large).
 #[derive(Default)]
 pub struct Mappings {
     kept: Vec<Kept>,
     clock: u64,
+    /// The last arguments, copied out of their region.
+    arguments: Vec<u8>,
 }
 
 struct Kept {
     /// The memfd's device and inode.
     file: (u64, u64),
     used: u64,
-    map: KeptMap,
-}
-
-enum KeptMap {
-    /// Read-only: a task's arguments.
-    Arguments(RegionMap),
-    /// Read-write: a task's scratch.
-    Scratch(Region),
+    scratch: Region,
 }
 
 /// Regions a worker keeps mapped (none this large or larger).
 const KEEP_BELOW: usize = 64 << 20;
 
 impl Mappings {
-    /// The first `len` bytes of a task's arguments: a region of the supervisor's, sent
-    /// read-only, which it does not write while the task is in flight.
+    /// A copy of the first `len` bytes of a task's arguments, in the supervisor's
+    /// region behind `fd`. Copied (into a buffer reused from task to task), not mapped:
+    /// any worker that was ever sent that region can still write it.
     pub fn arguments(&mut self, fd: &OwnedFd, len: u64) -> io::Result<&[u8]> {
-        let (file, size) = identity(fd)?;
+        let size = size(fd)?;
         let len = usize::try_from(len).map_err(|_| io::Error::other("payload too large"))?;
         if size < len {
             return Err(io::Error::other(format!(
                 "arguments of {len} bytes announced in a region of {size}"
             )));
         }
-        let found = self.kept.iter().position(|k| {
-            k.file == file && matches!(&k.map, KeptMap::Arguments(m) if m.len() >= len)
-        });
-        let at = match found {
-            Some(at) => at,
-            None => {
-                // Not kept, or kept shorter than the region has grown since.
-                self.kept
-                    .retain(|k| !(k.file == file && matches!(k.map, KeptMap::Arguments(_))));
-                let map = RegionMap::map_read_only(fd.as_fd(), size)?;
-                self.insert(file, KeptMap::Arguments(map))
-            }
-        };
-        self.clock += 1;
-        let kept = &mut self.kept[at];
-        kept.used = self.clock;
-        match &kept.map {
-            KeptMap::Arguments(map) => Ok(map.bytes(len)),
-            KeptMap::Scratch(_) => Err(io::Error::other("a scratch kept as arguments")),
+        if self.arguments.len() >= KEEP_BELOW && len < KEEP_BELOW {
+            self.arguments = Vec::new();
         }
+        // Only growth is zeroed: the bytes kept from last time are overwritten.
+        if self.arguments.len() < len {
+            self.arguments.resize(len, 0);
+        }
+        let bytes = &mut self.arguments[..len];
+        File::from(fd.try_clone()?).read_exact_at(bytes, 0)?;
+        Ok(bytes)
     }
 
     /// The task's scratch behind `fd`, taken out until [`Mappings::keep`] gives it back.
     pub fn scratch(&mut self, fd: OwnedFd) -> io::Result<Region> {
         let (file, _) = identity(&fd)?;
-        let found = self
-            .kept
-            .iter()
-            .position(|k| k.file == file && matches!(k.map, KeptMap::Scratch(_)));
-        match found.map(|at| self.kept.swap_remove(at).map) {
-            Some(KeptMap::Scratch(mut region)) => {
+        let found = self.kept.iter().position(|k| k.file == file);
+        match found.map(|at| self.kept.swap_remove(at).scratch) {
+            Some(mut region) => {
                 // Another worker may have grown it since.
                 region.refresh()?;
                 Ok(region)
             }
-            _ => Region::adopt(fd),
+            None => Region::adopt(fd),
         }
     }
 
-    /// Keeps a scratch mapped for next time.
-    pub fn keep(&mut self, region: Region) {
-        if let Ok((file, _)) = identity(&region.file) {
-            self.clock += 1;
-            self.insert(file, KeptMap::Scratch(region));
+    /// Keeps a scratch mapped for next time, within the limits; the least recently
+    /// used go first, and one too large to keep is not kept.
+    pub fn keep(&mut self, scratch: Region) {
+        let Ok((file, _)) = identity(&scratch.file) else {
+            return;
+        };
+        if scratch.capacity() >= KEEP_BELOW {
+            return;
         }
-    }
-
-    /// Adds a mapping, dropping the least recently used past the limits and any too
-    /// large to keep (but the new one, which is about to be used); its index.
-    fn insert(&mut self, file: (u64, u64), map: KeptMap) -> usize {
-        self.kept.retain(|k| k.map.len() < KEEP_BELOW);
         let over = |kept: &[Kept]| {
-            let bytes: usize = kept.iter().map(|k| k.map.len()).sum();
-            kept.len() >= SPARE_REGIONS || bytes + map.len() > SPARE_BYTES
+            let bytes: usize = kept.iter().map(|k| k.scratch.capacity()).sum();
+            kept.len() >= SPARE_REGIONS || bytes + scratch.capacity() > SPARE_BYTES
         };
         while over(&self.kept) {
             let Some(oldest) = (0..self.kept.len()).min_by_key(|&at| self.kept[at].used) else {
@@ -511,21 +538,12 @@ impl Mappings {
             };
             self.kept.swap_remove(oldest);
         }
+        self.clock += 1;
         self.kept.push(Kept {
             file,
             used: self.clock,
-            map,
+            scratch,
         });
-        self.kept.len() - 1
-    }
-}
-
-impl KeptMap {
-    fn len(&self) -> usize {
-        match self {
-            KeptMap::Arguments(map) => map.len(),
-            KeptMap::Scratch(region) => region.capacity(),
-        }
     }
 }
 
@@ -697,11 +715,11 @@ mod tests {
         let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let len = bytes.len() as u64;
         let fd = sealed(&bytes).unwrap();
-        assert_eq!(map(&fd, len).unwrap().bytes(bytes.len()), &bytes[..]);
+        assert_eq!(map(&fd, len).unwrap().bytes(), &bytes[..]);
         let again: OwnedFd = File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .unwrap()
             .into();
-        assert_eq!(map(&again, len).unwrap().bytes(bytes.len()), &bytes[..]);
+        assert_eq!(map(&again, len).unwrap().bytes(), &bytes[..]);
         assert_eq!(map(&sealed(&[]).unwrap(), 0).unwrap().len(), 0);
         assert!(map(&fd, len + 1).is_err(), "a length other than announced");
 
@@ -745,7 +763,7 @@ mod tests {
                 panic!("not sealed: {sealed:?}");
             };
             let mapped = map(&fd, len as u64).unwrap();
-            assert!(many_ok(mapped.bytes(len)) || large_ok(mapped.bytes(len)));
+            assert!(many_ok(mapped.bytes()) || large_ok(mapped.bytes()));
         }
         for lent in [
             Codec::encode_payload(&many, SpillTo::Spare).unwrap(),
@@ -758,8 +776,8 @@ mod tests {
             let read_only = region.read_only_fd().unwrap();
             let mut mappings = Mappings::default();
             let mapped = mappings.arguments(&read_only, len as u64).unwrap();
-            let bytes = region.bytes(len).unwrap();
-            assert!(many_ok(bytes) || large_ok(bytes));
+            let bytes = region.copy_out(len).unwrap();
+            assert!(many_ok(&bytes) || large_ok(&bytes));
             assert_eq!(mapped, bytes);
         }
         // The spare list: what is put back within its budget is kept for reuse. (The
@@ -797,11 +815,35 @@ mod tests {
         else {
             panic!("the scratch was not used");
         };
-        assert!(owner.bytes(len).is_err(), "not mapped that far yet");
-        owner.refresh().unwrap();
-        assert!(owner.capacity() >= len);
-        let back: serde_bytes::ByteBuf = Codec::Bincode.decode(owner.bytes(len).unwrap()).unwrap();
+        assert!(owner.capacity() < len, "not mapped that far here");
+        let back: serde_bytes::ByteBuf = Codec::Bincode
+            .decode(&owner.copy_out(len).unwrap())
+            .unwrap();
         assert_eq!(back, big);
+        assert!(owner.copy_out(4 * REGION_STEP + 1).is_err(), "past its end");
+        // The owner writes it again (a later task's arguments), within what the other
+        // process grew it to.
+        owner.write_at(3 * REGION_STEP, b"again").unwrap();
+        assert_eq!(
+            &owner.copy_out(3 * REGION_STEP + 5).unwrap()[3 * REGION_STEP..],
+            b"again"
+        );
+    }
+
+    #[test]
+    fn no_process_can_shrink_a_region_and_one_that_could_is_refused() {
+        let region = Region::new(REGION_STEP).unwrap();
+        let other = File::from(region.fd().unwrap());
+        assert!(other.set_len(0).is_err(), "sealed against shrinking");
+        assert!(
+            other.set_len(2 * REGION_STEP as u64).is_ok(),
+            "but it may grow"
+        );
+        let seal_more = FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_GROW);
+        assert!(fcntl(&other, seal_more).is_err(), "and no more seals");
+        let open = memfd_create("procpool-test", MFdFlags::MFD_CLOEXEC).unwrap();
+        nix::unistd::ftruncate(&open, REGION_STEP as i64).unwrap();
+        assert!(Region::adopt(open).is_err(), "a region anyone could shrink");
     }
 
     #[test]
@@ -819,14 +861,13 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_keeps_regions_mapped_from_task_to_task_within_bounds() {
+    fn a_worker_keeps_scratches_mapped_from_task_to_task_within_bounds() {
         let mut mappings = Mappings::default();
         let mut owner = Region::new(REGION_STEP).unwrap();
         owner.write_at(0, b"first").unwrap();
         let arguments = owner.read_only_fd().unwrap();
         assert_eq!(mappings.arguments(&arguments, 5).unwrap(), b"first");
-        // The supervisor writes the region again for a later task (and grows it):
-        // the kept mapping shows the new bytes, remapped to the new size.
+        // The supervisor writes the region again for a later task (and grows it).
         owner.write_at(0, b"second").unwrap();
         assert_eq!(mappings.arguments(&arguments, 6).unwrap(), b"second");
         owner.write_at(3 * REGION_STEP, b"far").unwrap();
@@ -841,19 +882,33 @@ mod tests {
         owner.write_at(8 * REGION_STEP, b"grown elsewhere").unwrap();
         let again = mappings.scratch(owner.fd().unwrap()).unwrap();
         assert!(again.capacity() >= 8 * REGION_STEP + 15);
-        assert_eq!(again.bytes(3).unwrap(), b"out");
+        assert_eq!(again.copy_out(3).unwrap(), b"out");
         mappings.keep(again);
 
         // Never more than the limit, and nothing too large to keep.
         for _ in 0..2 * SPARE_REGIONS {
-            let other = Region::new(REGION_STEP).unwrap();
-            mappings.arguments(&other.fd().unwrap(), 1).unwrap();
+            let other = mappings.scratch(Region::new(REGION_STEP).unwrap().fd().unwrap());
+            mappings.keep(other.unwrap());
         }
         assert_eq!(mappings.kept.len(), SPARE_REGIONS);
         let huge = Region::new(KEEP_BELOW).unwrap();
-        mappings.arguments(&huge.fd().unwrap(), 1).unwrap();
-        mappings.arguments(&owner.fd().unwrap(), 1).unwrap();
-        assert!(mappings.kept.iter().all(|k| k.map.len() < KEEP_BELOW));
+        let huge = mappings.scratch(huge.fd().unwrap()).unwrap();
+        mappings.keep(huge);
+        assert!(
+            mappings
+                .kept
+                .iter()
+                .all(|k| k.scratch.capacity() < KEEP_BELOW)
+        );
+        // Nor an arguments buffer that large, once smaller arguments come.
+        let mut huge = Region::new(REGION_STEP).unwrap();
+        huge.write_at(KEEP_BELOW, b"x").unwrap();
+        let len = KEEP_BELOW as u64 + 1;
+        mappings
+            .arguments(&huge.read_only_fd().unwrap(), len)
+            .unwrap();
+        mappings.arguments(&arguments, 6).unwrap();
+        assert!(mappings.arguments.len() < KEEP_BELOW);
     }
 
     #[test]
@@ -878,7 +933,7 @@ mod tests {
         let got = reader
             .take_fd()
             .expect("the descriptor came with its frame");
-        assert_eq!(map(&got, 6).unwrap().bytes(6), b"shared");
+        assert_eq!(map(&got, 6).unwrap().bytes(), b"shared");
         assert!(reader.take_fd().is_none());
         assert_eq!(
             reader.read_frame(1 << 20).unwrap().unwrap().len(),
