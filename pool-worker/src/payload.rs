@@ -84,6 +84,20 @@ impl Encoded {
 }
 
 /// A memfd mapped read-write in this process, reused for payload after payload.
+///
+/// It gives no view of its bytes: other processes can write them at any time, so a
+/// slice over them could change while it lives. What is read from it is copied out:
+///
+/// ```compile_fail
+/// let region = pool_worker::payload::Region::new(4096).unwrap();
+/// let view: &[u8] = region.bytes(16).unwrap();
+/// ```
+///
+/// ```
+/// let region = pool_worker::payload::Region::new(4096).unwrap();
+/// let copy: Vec<u8> = region.copy_out(16).unwrap();
+/// assert_eq!(copy, [0; 16]);
+/// ```
 pub struct Region {
     file: File,
     map: RegionMap,
