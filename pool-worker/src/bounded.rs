@@ -32,7 +32,7 @@ use serde::de::{
 /// other) deeper than this is refused: decoding recurses once per level.
 pub(crate) const MAX_DEPTH: u32 = 128;
 /// Elements that take no input (`()`, unit structs) accepted in one decode.
-pub(crate) const EMPTY_ELEMENTS: u32 = 1 << 20;
+pub(crate) const EMPTY_ELEMENTS: u32 = 1 << 16;
 
 /// How integers (and so lengths) are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
