@@ -1,7 +1,8 @@
 //! Every decoder of bytes another process wrote, fed random bytes and mutations of
 //! valid encodings (flipped bytes, huge lengths spliced in, cuts, insertions): frames,
 //! protocol messages (replies, requests, the hello), the fork server's datagrams, a
-//! batch's results for several result types (in both codecs), the messages and
+//! batch's results for several result types (in both codecs, and in a task's shared
+//! scratch), the messages and
 //! headers of the shared-memory queue and pipe, an array's length, and the
 //! start-or-revoke slots. None may panic, and none may allocate more than 64 MiB (this
 //! binary's allocator refuses it, which aborts the test with the size in the message):
@@ -12,7 +13,7 @@
 //! decoder (default 300, a few seconds here) and `PROCPOOL_FUZZ_SEED` the seed.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::io::Write;
@@ -21,7 +22,7 @@ use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
-use pool_worker::payload::FrameReader;
+use pool_worker::payload::{FrameReader, Region};
 use pool_worker::protocol::{
     self, BatchOutcomes, Hello, ItemFailure, JobInfo, Outcome, Reply, Request, ZygoteReply,
     ZygoteRequest,
@@ -461,6 +462,20 @@ where
             codec.decode::<BatchOutcomes<T>>(b).is_ok()
         });
     }
+    // The same in a task's scratch, as a worker leaves large outcomes.
+    let scratch = RefCell::new(Region::new(4096).unwrap());
+    let writer = std::fs::File::from(scratch.borrow().fd().unwrap());
+    let valid: Vec<Vec<u8>> = batches
+        .iter()
+        .map(|b| Codec::Bincode.encode(b).unwrap())
+        .collect();
+    let scratch_name = format!("BatchOutcomes<{name}> in a scratch");
+    fuzz(&scratch_name, salt + 3, &valid, &|b| {
+        writer.write_all_at(b, 0).unwrap();
+        let mut scratch = scratch.borrow_mut();
+        scratch.map_to(b.len()).unwrap();
+        scratch.decode::<BatchOutcomes<T>>(b.len()).is_ok()
+    });
     // A lone value, as a `Process` result or a queue's item.
     let valid: Vec<Vec<u8>> = (0..6)
         .map(|_| Codec::Bincode.encode(&make(&mut rng)).unwrap())

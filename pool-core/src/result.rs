@@ -105,13 +105,13 @@ pub(crate) enum Payload {
 }
 
 impl Payload {
-    /// The bytes to decode: in place, or, from a scratch, a private copy.
-    pub fn bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>, JobError> {
-        use std::borrow::Cow;
+    /// Decodes the bincode value it holds, every length in it bounded by its bytes: in
+    /// place, or, from a scratch, copied out as decoding goes.
+    fn decode<T: DeserializeOwned>(&self) -> Result<T, String> {
         match self {
-            Payload::Owned(v) => Ok(Cow::Borrowed(v)),
-            Payload::Mapped(m) => Ok(Cow::Borrowed(m.bytes())),
-            Payload::Scratch(s) => s.copy_out().map(Cow::Owned),
+            Payload::Owned(v) => Codec::Bincode.decode(v),
+            Payload::Mapped(m) => Codec::Bincode.decode(m.bytes()),
+            Payload::Scratch(s) => s.decode(),
         }
     }
 }
@@ -124,31 +124,22 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    /// The first `len` bytes of `region`, if it has that many now. Copied out only
-    /// when decoded (on the thread that decodes), and checked again then.
-    pub fn new(region: Region, len: u64) -> std::io::Result<Scratch> {
+    /// The first `len` bytes of `region`, if it has that many now (mapped here that
+    /// far); read only when decoded, on the thread that decodes.
+    pub fn new(mut region: Region, len: u64) -> std::io::Result<Scratch> {
         let len = usize::try_from(len).map_err(|_| std::io::Error::other("result too large"))?;
-        // An early, clear error for a length past the region; `copy_out` checks again.
-        let size = region.size()?;
-        if len > size {
-            return Err(std::io::Error::other(format!(
-                "{len} bytes announced in a region of {size}"
-            )));
-        }
+        region.map_to(len)?;
         Ok(Scratch {
             region: Some(region),
             len,
         })
     }
 
-    /// A private copy of the outcomes: the worker can write the scratch still.
-    fn copy_out(&self) -> Result<Vec<u8>, JobError> {
-        let region = self.region.as_ref().ok_or_else(|| JobError::Protocol {
-            message: "the scratch is gone".into(),
-        })?;
-        region.copy_out(self.len).map_err(|e| JobError::Protocol {
-            message: format!("the results in shared memory cannot be read: {e}"),
-        })
+    /// Decodes the outcomes, reading them out of the scratch (which the worker can
+    /// write still) as decoding goes.
+    fn decode<T: DeserializeOwned>(&self) -> Result<T, String> {
+        let region = self.region.as_ref().ok_or("the scratch is gone")?;
+        region.decode(self.len)
     }
 }
 
@@ -174,7 +165,7 @@ pub(crate) fn decode_delivery<T: DeserializeOwned>(delivery: Delivery) -> Outcom
         Delivery::Items(raw) => return raw.into_iter().map(decode).collect(),
         Delivery::Batch { count, bytes } => (count, bytes),
     };
-    let outcomes = match bytes.bytes().and_then(|b| decode_batch::<T>(&b, count)) {
+    let outcomes = match decode_batch::<T>(&bytes, count) {
         Ok(outcomes) => outcomes,
         Err(e) => return (0..count).map(|_| Err(e.clone())).collect(),
     };
@@ -200,7 +191,7 @@ pub(crate) fn decode_values<T: DeserializeOwned>(delivery: Delivery) -> Result<V
         Delivery::Items(raw) => return raw.into_iter().map(decode).collect(),
         Delivery::Batch { count, bytes } => (count, bytes),
     };
-    let outcomes = decode_batch::<T>(&bytes.bytes()?, count)?;
+    let outcomes = decode_batch::<T>(&bytes, count)?;
     match outcomes.failures.into_iter().next() {
         Some(failure) => Err(failure_error(failure)),
         None => Ok(outcomes.values),
@@ -209,10 +200,10 @@ pub(crate) fn decode_values<T: DeserializeOwned>(delivery: Delivery) -> Result<V
 
 /// A batch's outcomes, checked to account for each of `count` arguments once.
 fn decode_batch<T: DeserializeOwned>(
-    bytes: &[u8],
+    bytes: &Payload,
     count: usize,
 ) -> Result<BatchOutcomes<T>, JobError> {
-    let outcomes: BatchOutcomes<T> = Codec::Bincode.decode(bytes).map_err(|e| JobError::Codec {
+    let outcomes: BatchOutcomes<T> = bytes.decode().map_err(|e| JobError::Codec {
         message: format!(
             "results do not decode as {}: {e}",
             std::any::type_name::<T>()

@@ -21,6 +21,7 @@
 use std::cell::Cell;
 use std::fmt;
 
+use crate::sys::RegionMap;
 use bincode::de::read::Reader;
 use bincode::error::DecodeError;
 use serde::de::{
@@ -45,8 +46,28 @@ pub(crate) enum Ints {
 
 /// Decodes a `T` from the start of `bytes`; the value and how many bytes it took.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], ints: Ints) -> Result<(T, usize), String> {
+    decode_from(Source::Bytes(bytes), ints)
+}
+
+/// Decodes a `T` from the start of the first `len` bytes of `map` (shared memory that
+/// another process can write), copied out as decoding goes: nothing here refers to
+/// the shared bytes, each is read once, and large byte strings are copied straight
+/// into the value that holds them (one copy, not two). The value and how many bytes
+/// it took.
+pub(crate) fn decode_shared<T: DeserializeOwned>(
+    map: &RegionMap,
+    len: usize,
+    ints: Ints,
+) -> Result<(T, usize), String> {
+    if len > map.len() {
+        return Err(format!("{len} bytes of a mapping of {}", map.len()));
+    }
+    decode_from(Source::Shared { map, len }, ints)
+}
+
+fn decode_from<T: DeserializeOwned>(source: Source<'_>, ints: Ints) -> Result<(T, usize), String> {
     let input = Input {
-        bytes,
+        source,
         at: Cell::new(0),
         ints,
         depth: Cell::new(0),
@@ -77,9 +98,43 @@ fn run<T: DeserializeOwned, C: bincode::config::Config>(
     })
 }
 
+/// Where the bytes being decoded are.
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    /// The first `len` bytes of a shared mapping (no more than it maps).
+    Shared {
+        map: &'a RegionMap,
+        len: usize,
+    },
+}
+
+impl Source<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Source::Bytes(bytes) => bytes.len(),
+            Source::Shared { len, .. } => *len,
+        }
+    }
+
+    /// Copies the bytes at `at` into `out`, all of them or an error.
+    fn read_at(&self, at: usize, out: &mut [u8]) -> Result<(), DecodeError> {
+        let end = at.saturating_add(out.len());
+        if end > self.len() {
+            return Err(DecodeError::UnexpectedEnd {
+                additional: end - self.len(),
+            });
+        }
+        match self {
+            Source::Bytes(bytes) => out.copy_from_slice(&bytes[at..end]),
+            Source::Shared { map, .. } => map.copy_out(at, out),
+        }
+        Ok(())
+    }
+}
+
 /// The bytes being decoded and what the guard keeps count of.
 struct Input<'a> {
-    bytes: &'a [u8],
+    source: Source<'a>,
     /// Bytes read so far.
     at: Cell<usize>,
     ints: Ints,
@@ -90,13 +145,16 @@ struct Input<'a> {
 
 impl Input<'_> {
     fn left(&self) -> usize {
-        self.bytes.len() - self.at.get()
+        self.source.len() - self.at.get()
     }
 
     /// The length the next bytes announce, and how many bytes announce it; `None` when
     /// they are cut short (bincode then fails on its own).
     fn next_len(&self) -> Option<(u64, usize)> {
-        let rest = self.bytes.get(self.at.get()..)?;
+        let mut head = [0u8; 9];
+        let head = &mut head[..self.left().min(9)];
+        self.source.read_at(self.at.get(), head).ok()?;
+        let rest = &*head;
         let le = |n: usize| -> Option<u64> {
             let bytes = rest.get(1..=n)?;
             Some(
@@ -176,27 +234,25 @@ impl Reader for InputReader<'_> {
     #[inline]
     fn read(&mut self, out: &mut [u8]) -> Result<(), DecodeError> {
         let at = self.input.at.get();
-        let rest = &self.input.bytes[at..];
-        let Some(from) = rest.get(..out.len()) else {
-            return Err(DecodeError::UnexpectedEnd {
-                additional: out.len() - rest.len(),
-            });
-        };
-        out.copy_from_slice(from);
+        self.input.source.read_at(at, out)?;
         self.input.at.set(at + out.len());
         Ok(())
     }
 
     #[inline]
     fn peek_read(&mut self, n: usize) -> Option<&[u8]> {
+        // Private bytes only: shared ones are copied out as they are read.
+        let Source::Bytes(bytes) = self.input.source else {
+            return None;
+        };
         let at = self.input.at.get();
-        self.input.bytes.get(at..at.checked_add(n)?)
+        bytes.get(at..at.checked_add(n)?)
     }
 
     #[inline]
     fn consume(&mut self, n: usize) {
         let at = self.input.at.get().saturating_add(n);
-        self.input.at.set(at.min(self.input.bytes.len()));
+        self.input.at.set(at.min(self.input.source.len()));
     }
 }
 
@@ -593,7 +649,25 @@ mod tests {
             let (back, used) = decode::<T>(&bytes, ints).unwrap();
             assert_eq!(back, value, "{ints:?}");
             assert_eq!(used, bytes.len(), "{ints:?}");
+            let map = shared(&bytes);
+            let (back, used) = decode_shared::<T>(&map, bytes.len(), ints).unwrap();
+            assert_eq!(back, value, "{ints:?} from shared memory");
+            assert_eq!(used, bytes.len(), "{ints:?} from shared memory");
         }
+    }
+
+    /// A shared mapping holding `bytes`, and some more after them.
+    fn shared(bytes: &[u8]) -> RegionMap {
+        use std::os::fd::AsFd;
+        let fd =
+            nix::sys::memfd::memfd_create("procpool-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .unwrap();
+        let len = bytes.len() + 4;
+        nix::unistd::ftruncate(&fd, len as i64).unwrap();
+        let mut map = RegionMap::map(fd.as_fd(), len).unwrap();
+        map.copy_in(0, bytes);
+        map.copy_in(bytes.len(), b"more");
+        map
     }
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -632,6 +706,28 @@ mod tests {
         round_trip("x".repeat(250));
         round_trip("x".repeat(251));
         round_trip("x".repeat(70_000));
+        round_trip((0..20_000u64).map(|i| i.to_string()).collect::<Vec<_>>());
+        round_trip(vec![
+            serde_bytes::ByteBuf::from(vec![1; 300_000]),
+            serde_bytes::ByteBuf::from(vec![2; 10]),
+        ]);
+    }
+
+    #[test]
+    fn shared_bytes_shorter_than_announced_or_lengths_past_them_are_errors() {
+        let bytes = bincode::serde::encode_to_vec(
+            vec![String::from("abc"); 3],
+            bincode::config::standard(),
+        )
+        .unwrap();
+        let map = shared(&bytes);
+        let cut = bytes.len() - 2;
+        assert!(decode_shared::<Vec<String>>(&map, cut, Ints::Varint).is_err());
+        assert!(decode_shared::<Vec<String>>(&map, 1 << 40, Ints::Varint).is_err());
+        let huge = [253u8, 0, 0, 0, 0, 0, 0x20, 0, 0];
+        let map = shared(&huge);
+        let e = decode_shared::<String>(&map, huge.len(), Ints::Varint).unwrap_err();
+        assert!(e.contains("where 0 are left"), "{e}");
     }
 
     #[test]

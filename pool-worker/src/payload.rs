@@ -37,6 +37,9 @@ use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
+use serde::de::DeserializeOwned;
+
+use crate::bounded::{self, Ints};
 use crate::protocol::{self, ProtocolError};
 use crate::sys::RegionMap;
 pub use crate::sys::SealedMap;
@@ -180,12 +183,6 @@ impl Region {
         Ok(())
     }
 
-    /// Its memfd's size now, in bytes: what it was made with, or more if a process
-    /// grew it (it cannot shrink).
-    pub fn size(&self) -> io::Result<usize> {
-        size(&self.file)
-    }
-
     /// A copy of its first `len` bytes, which the last writer announced: checked
     /// against the memfd's size now (whatever the mapping here says), and read with
     /// `pread`, so the copy is private memory that nobody else can change.
@@ -199,6 +196,37 @@ impl Region {
         let mut bytes = vec![0; len];
         self.file.read_exact_at(&mut bytes, 0)?;
         Ok(bytes)
+    }
+
+    /// Maps at least its first `len` bytes, which the last writer announced (another
+    /// process may have grown it): checked against the memfd's size now.
+    pub fn map_to(&mut self, len: usize) -> io::Result<()> {
+        let size = size(&self.file)?;
+        if len > size {
+            return Err(io::Error::other(format!(
+                "{len} bytes announced in a region of {size}"
+            )));
+        }
+        if len > self.capacity() {
+            // What was announced, not all a peer grew it to.
+            let mapped = len.next_multiple_of(REGION_STEP).min(size);
+            self.map = RegionMap::map(self.file.as_fd(), mapped)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes the [`Codec::Bincode`](crate::Codec) value in its first `len` bytes
+    /// (a task's outcomes in its scratch; [`Region::map_to`] first), copying them out
+    /// as decoding goes: no reference to them is made, since their writer can still
+    /// change them, and each is read once. Each length in them is bounded by the bytes
+    /// left, as [`Codec::decode`](crate::Codec::decode) does; trailing bytes are an
+    /// error.
+    pub fn decode<T: DeserializeOwned>(&self, len: usize) -> Result<T, String> {
+        let (value, used) = bounded::decode_shared(&self.map, len, Ints::Fixed)?;
+        if used != len {
+            return Err(format!("{} trailing bytes after the value", len - used));
+        }
+        Ok(value)
     }
 
     /// Writes `bytes` at `offset`, growing the region if they do not fit.
@@ -470,13 +498,15 @@ pub fn map(fd: &OwnedFd, len: u64) -> io::Result<SealedMap> {
     SealedMap::open(fd.as_fd(), len)
 }
 
-/// What a worker keeps from task to task of the supervisor's regions: its scratches,
-/// mapped (the supervisor reuses its regions, so the next time a kept one comes, its
-/// pages are mapped already: no page faults, nothing unmapped per task), and a buffer
-/// that arguments are copied into. A kept mapping keeps its memfd's memory alive
-/// after the supervisor lets it go, so a worker keeps what the spare list would: at
-/// most [`SPARE_REGIONS`] mappings of [`SPARE_BYTES`] in all, the least recently used
-/// dropped first, and none of [`KEEP_BELOW`] bytes or more (nor a buffer that large).
+/// A worker's mappings of the supervisor's regions, kept from task to task. The
+/// supervisor reuses its regions, so the next time a kept region comes, its pages are
+/// mapped already (no page faults), and nothing is unmapped per task. A kept mapping
+/// keeps its memfd's memory alive after the supervisor lets it go, so a worker keeps
+/// what the spare list would: at most [`SPARE_REGIONS`] mappings of [`SPARE_BYTES`] in
+/// all, the least recently used dropped first, and none of [`KEEP_BELOW`] bytes or
+/// more. Arguments are copied out of their mapping (into a buffer kept too, within
+/// the same bound) before they are decoded: any worker that was ever sent a region
+/// can still write it.
 #[derive(Default)]
 pub struct Mappings {
     kept: Vec<Kept>,
@@ -489,24 +519,53 @@ struct Kept {
     /// The memfd's device and inode.
     file: (u64, u64),
     used: u64,
-    scratch: Region,
+    map: KeptMap,
+}
+
+enum KeptMap {
+    /// Read-only: a task's arguments.
+    Arguments(RegionMap),
+    /// Read-write: a task's scratch.
+    Scratch(Region),
 }
 
 /// Regions a worker keeps mapped (none this large or larger).
 const KEEP_BELOW: usize = 64 << 20;
 
 impl Mappings {
-    /// A copy of the first `len` bytes of a task's arguments, in the supervisor's
-    /// region behind `fd`. Copied (into a buffer reused from task to task), not mapped:
-    /// any worker that was ever sent that region can still write it.
+    /// A copy of the first `len` bytes of a task's arguments: a region of the
+    /// supervisor's, sent read-only, which it does not write while the task is in
+    /// flight (but another worker could).
     pub fn arguments(&mut self, fd: &OwnedFd, len: u64) -> io::Result<&[u8]> {
-        let size = size(fd)?;
+        let (file, size) = identity(fd)?;
         let len = usize::try_from(len).map_err(|_| io::Error::other("payload too large"))?;
         if size < len {
             return Err(io::Error::other(format!(
                 "arguments of {len} bytes announced in a region of {size}"
             )));
         }
+        let found = self.kept.iter().position(|k| {
+            k.file == file && matches!(&k.map, KeptMap::Arguments(m) if m.len() >= len)
+        });
+        let at = match found {
+            Some(at) => at,
+            None => {
+                // Not kept, or kept shorter than the region has grown since.
+                self.kept
+                    .retain(|k| !(k.file == file && matches!(k.map, KeptMap::Arguments(_))));
+                if !cannot_shrink(fd.as_fd())? {
+                    return Err(io::Error::other("arguments not sealed against shrinking"));
+                }
+                let map = RegionMap::map_read_only(fd.as_fd(), size)?;
+                self.insert(file, KeptMap::Arguments(map))
+            }
+        };
+        self.clock += 1;
+        let kept = &mut self.kept[at];
+        kept.used = self.clock;
+        let KeptMap::Arguments(map) = &kept.map else {
+            return Err(io::Error::other("a scratch kept as arguments"));
+        };
         if self.arguments.len() >= KEEP_BELOW && len < KEEP_BELOW {
             self.arguments = Vec::new();
         }
@@ -515,36 +574,42 @@ impl Mappings {
             self.arguments.resize(len, 0);
         }
         let bytes = &mut self.arguments[..len];
-        File::from(fd.try_clone()?).read_exact_at(bytes, 0)?;
+        map.copy_out(0, bytes);
         Ok(bytes)
     }
 
     /// The task's scratch behind `fd`, taken out until [`Mappings::keep`] gives it back.
     pub fn scratch(&mut self, fd: OwnedFd) -> io::Result<Region> {
         let (file, _) = identity(&fd)?;
-        let found = self.kept.iter().position(|k| k.file == file);
-        match found.map(|at| self.kept.swap_remove(at).scratch) {
-            Some(mut region) => {
+        let found = self
+            .kept
+            .iter()
+            .position(|k| k.file == file && matches!(k.map, KeptMap::Scratch(_)));
+        match found.map(|at| self.kept.swap_remove(at).map) {
+            Some(KeptMap::Scratch(mut region)) => {
                 // Another worker may have grown it since.
                 region.refresh()?;
                 Ok(region)
             }
-            None => Region::adopt(fd),
+            _ => Region::adopt(fd),
         }
     }
 
-    /// Keeps a scratch mapped for next time, within the limits; the least recently
-    /// used go first, and one too large to keep is not kept.
-    pub fn keep(&mut self, scratch: Region) {
-        let Ok((file, _)) = identity(&scratch.file) else {
-            return;
-        };
-        if scratch.capacity() >= KEEP_BELOW {
-            return;
+    /// Keeps a scratch mapped for next time.
+    pub fn keep(&mut self, region: Region) {
+        if let Ok((file, _)) = identity(&region.file) {
+            self.clock += 1;
+            self.insert(file, KeptMap::Scratch(region));
         }
+    }
+
+    /// Adds a mapping, dropping the least recently used past the limits and any too
+    /// large to keep (but the new one, which is about to be used); its index.
+    fn insert(&mut self, file: (u64, u64), map: KeptMap) -> usize {
+        self.kept.retain(|k| k.map.len() < KEEP_BELOW);
         let over = |kept: &[Kept]| {
-            let bytes: usize = kept.iter().map(|k| k.scratch.capacity()).sum();
-            kept.len() >= SPARE_REGIONS || bytes + scratch.capacity() > SPARE_BYTES
+            let bytes: usize = kept.iter().map(|k| k.map.len()).sum();
+            kept.len() >= SPARE_REGIONS || bytes + map.len() > SPARE_BYTES
         };
         while over(&self.kept) {
             let Some(oldest) = (0..self.kept.len()).min_by_key(|&at| self.kept[at].used) else {
@@ -552,12 +617,21 @@ impl Mappings {
             };
             self.kept.swap_remove(oldest);
         }
-        self.clock += 1;
         self.kept.push(Kept {
             file,
             used: self.clock,
-            scratch,
+            map,
         });
+        self.kept.len() - 1
+    }
+}
+
+impl KeptMap {
+    fn len(&self) -> usize {
+        match self {
+            KeptMap::Arguments(map) => map.len(),
+            KeptMap::Scratch(region) => region.capacity(),
+        }
     }
 }
 
@@ -834,6 +908,18 @@ mod tests {
             .decode(&owner.copy_out(len).unwrap())
             .unwrap();
         assert_eq!(back, big);
+        owner.map_to(len + 1).unwrap();
+        assert!(owner.capacity() > len);
+        assert_eq!(owner.decode::<serde_bytes::ByteBuf>(len).unwrap(), big);
+        assert!(
+            owner.decode::<serde_bytes::ByteBuf>(len - 1).is_err(),
+            "cut"
+        );
+        assert!(
+            owner.decode::<serde_bytes::ByteBuf>(len + 1).is_err(),
+            "trailing"
+        );
+        assert!(owner.map_to(4 * REGION_STEP + 1).is_err(), "past its end");
         assert!(owner.copy_out(4 * REGION_STEP + 1).is_err(), "past its end");
         // The owner writes it again (a later task's arguments), within what the other
         // process grew it to.
@@ -875,7 +961,7 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_keeps_scratches_mapped_from_task_to_task_within_bounds() {
+    fn a_worker_keeps_regions_mapped_from_task_to_task_within_bounds() {
         let mut mappings = Mappings::default();
         let mut owner = Region::new(REGION_STEP).unwrap();
         owner.write_at(0, b"first").unwrap();
@@ -901,19 +987,14 @@ mod tests {
 
         // Never more than the limit, and nothing too large to keep.
         for _ in 0..2 * SPARE_REGIONS {
-            let other = mappings.scratch(Region::new(REGION_STEP).unwrap().fd().unwrap());
-            mappings.keep(other.unwrap());
+            let other = Region::new(REGION_STEP).unwrap();
+            mappings.arguments(&other.fd().unwrap(), 1).unwrap();
         }
         assert_eq!(mappings.kept.len(), SPARE_REGIONS);
         let huge = Region::new(KEEP_BELOW).unwrap();
-        let huge = mappings.scratch(huge.fd().unwrap()).unwrap();
-        mappings.keep(huge);
-        assert!(
-            mappings
-                .kept
-                .iter()
-                .all(|k| k.scratch.capacity() < KEEP_BELOW)
-        );
+        mappings.arguments(&huge.fd().unwrap(), 1).unwrap();
+        mappings.arguments(&owner.fd().unwrap(), 1).unwrap();
+        assert!(mappings.kept.iter().all(|k| k.map.len() < KEEP_BELOW));
         // Nor an arguments buffer that large, once smaller arguments come.
         let mut huge = Region::new(REGION_STEP).unwrap();
         huge.write_at(KEEP_BELOW, b"x").unwrap();

@@ -285,20 +285,69 @@ impl Drop for SharedMemory {
     }
 }
 
-/// A read-write mapping of a payload region (`payload::Region`). It hands out no
-/// reference into the memory, which other processes may write whenever they like (a
-/// worker that has the region's descriptor, even one that should have let go of it):
-/// bytes only go in, by copy. Its owner maps only a memfd that nobody else can shrink
-/// (sealed against it, or not shared yet), so every page in range stays backed.
+/// A mapping of a payload region (`payload::Region`), read-write or read-only. It
+/// hands out no reference into the memory, which other processes may write whenever
+/// they like (a worker that has the region's descriptor, even one that should have let
+/// go of it): bytes only go in and out by copy. Its owner maps only a memfd that nobody
+/// else can shrink (sealed against it, or not shared yet), so every page in range stays
+/// backed.
 pub(crate) struct RegionMap {
     map: SharedMemory,
+    writable: bool,
 }
 
 impl RegionMap {
     /// Maps the first `len` bytes of `fd` read-write.
     pub(crate) fn map(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<RegionMap> {
         let map = SharedMemory::map(fd, len, true)?;
-        Ok(RegionMap { map })
+        Ok(RegionMap {
+            map,
+            writable: true,
+        })
+    }
+
+    /// Maps the first `len` bytes of `fd` read-only, faulting the pages in at once (a
+    /// task's arguments in a worker).
+    pub(crate) fn map_read_only(
+        fd: std::os::fd::BorrowedFd<'_>,
+        len: usize,
+    ) -> io::Result<RegionMap> {
+        let map = SharedMemory::map(fd, len, false)?;
+        Ok(RegionMap {
+            map,
+            writable: false,
+        })
+    }
+
+    /// Copies the bytes at `offset` into `out`.
+    ///
+    /// # Panics
+    /// If the range is out of bounds.
+    pub(crate) fn copy_out(&self, offset: usize, out: &mut [u8]) {
+        let end = offset.checked_add(out.len());
+        assert!(
+            end.is_some_and(|end| end <= self.map.len()),
+            "{} bytes at {offset} of a region of {}",
+            out.len(),
+            self.map.len()
+        );
+        if out.is_empty() {
+            return;
+        }
+        // SAFETY: in bounds (asserted) of a live mapping, whose pages stay backed (the
+        // memfd cannot shrink: see the type's doc). Another process may be writing
+        // these bytes right now: the copy goes through raw pointers into `out`, which
+        // is private memory, and no reference to the shared bytes exists in this
+        // process (this type hands out none), so a concurrent writer can only leave
+        // arbitrary bytes in `out`, which every caller decodes as hostile input; it
+        // cannot change anything this process holds a reference to.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(offset),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        }
     }
 
     /// Its length in bytes.
@@ -309,8 +358,9 @@ impl RegionMap {
     /// Copies `bytes` in at `offset`.
     ///
     /// # Panics
-    /// If the range is out of bounds.
+    /// If the mapping is read-only or the range is out of bounds.
     pub(crate) fn copy_in(&mut self, offset: usize, bytes: &[u8]) {
+        assert!(self.writable, "a write to a read-only region");
         let end = offset.checked_add(bytes.len());
         assert!(
             end.is_some_and(|end| end <= self.map.len()),
