@@ -19,11 +19,15 @@
 //! A region is never trusted, by either side. A worker can write any region it was
 //! ever sent, whenever it likes (a read-only descriptor of a memfd opens again
 //! read-write through `/proc/self/fd`), so what is read from a region is copied out
-//! first (`pread`: no reference into shared memory is ever handed out) and decoded as
-//! hostile input, its length checked against the memfd's size at that moment. And no
-//! process can shrink a region under another's mapping (which would fault that
-//! process with SIGBUS): every region is sealed against shrinking when it is made, and
-//! one that is not is refused; it may still grow.
+//! as it is read (no reference into shared memory is ever handed out: a worker copies
+//! its arguments into a buffer of its own, the supervisor decodes outcomes by copies
+//! out of the scratch) and decoded as hostile input, its length checked against the
+//! memfd's size at that moment. And no process can shrink a region under another's
+//! mapping (which would fault that process with SIGBUS): every region is sealed
+//! against shrinking when it is made, and one that is not is refused; it may still
+//! grow. What a misbehaving worker can still do is garble a region it once had; a
+//! later task's arguments or outcomes in it then fail to decode (or decode as other
+//! values), which is that task's `Codec` error, never the supervisor's fault.
 
 use std::collections::VecDeque;
 use std::fs::File;
