@@ -29,6 +29,9 @@
 //! exactly once, with its value or a typed error; a dead worker fails only the task it
 //! was running; no worker outlives the pool or its process.
 
+// Unsafe code lives in `sys` alone, where each block says why it holds.
+#![deny(unsafe_code)]
+
 mod completion;
 mod conn;
 mod error;
@@ -41,6 +44,7 @@ mod result;
 mod stderr;
 mod supervisor;
 mod sync;
+#[allow(unsafe_code)]
 mod sys;
 mod wait;
 mod zygote;

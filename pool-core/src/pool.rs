@@ -780,23 +780,19 @@ impl Regions {
         Ok(vec![self.arguments.read_only_fd()?, self.scratch.fd()?])
     }
 
-    /// Both back on the spare list: the worker has answered and touches them no more.
+    /// Both back on the spare list: the worker has answered and should touch them no
+    /// more (one that does anyway only garbles a later payload; no region can shrink).
     pub fn recycle(self) {
         payload::recycle(self.arguments);
         payload::recycle(self.scratch);
     }
 
     /// The worker's answer of `len` bytes in the scratch; the arguments go back on the
-    /// spare list.
+    /// spare list. The scratch is not mapped again here: its bytes are copied out
+    /// when they are decoded.
     pub fn into_outcomes(self, len: u64) -> Result<Scratch, String> {
-        let Regions {
-            arguments,
-            mut scratch,
-        } = self;
+        let Regions { arguments, scratch } = self;
         payload::recycle(arguments);
-        scratch
-            .refresh()
-            .map_err(|e| format!("the scratch cannot be mapped: {e}"))?;
         Scratch::new(scratch, len).map_err(|e| e.to_string())
     }
 }

@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use pool_worker::Codec;
-use pool_worker::payload::{self, Region, RegionMap};
+use pool_worker::payload::{self, Region, SealedMap};
 use pool_worker::protocol::{BatchOutcomes, ItemFailure, Outcome, Reply};
 use serde::de::DeserializeOwned;
 
@@ -96,20 +96,22 @@ fn raw_outcome(outcome: Outcome) -> RawOutcome {
 }
 
 /// Encoded bytes from a worker: read from its stream, or (large results) mapped from
-/// the sealed memfd it sent or written into the task's scratch; decoded in place.
+/// the sealed memfd it sent (bytes that cannot change), or in the task's scratch
+/// (which the worker can still write: copied out before they are decoded).
 pub(crate) enum Payload {
     Owned(Vec<u8>),
-    Mapped(RegionMap),
+    Mapped(SealedMap),
     Scratch(Scratch),
 }
 
-impl std::ops::Deref for Payload {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
+impl Payload {
+    /// Decodes the bincode value it holds, every length in it bounded by its bytes: in
+    /// place, or, from a scratch, copied out as decoding goes.
+    fn decode<T: DeserializeOwned>(&self) -> Result<T, String> {
         match self {
-            Payload::Owned(v) => v,
-            Payload::Mapped(m) => m.bytes(m.len()),
-            Payload::Scratch(s) => s.bytes(),
+            Payload::Owned(v) => Codec::Bincode.decode(v),
+            Payload::Mapped(m) => Codec::Bincode.decode(m.bytes()),
+            Payload::Scratch(s) => s.decode(),
         }
     }
 }
@@ -122,22 +124,22 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    /// The first `len` bytes of `region`, if it has that many.
-    pub fn new(region: Region, len: u64) -> std::io::Result<Scratch> {
+    /// The first `len` bytes of `region`, if it has that many now (mapped here that
+    /// far); read only when decoded, on the thread that decodes.
+    pub fn new(mut region: Region, len: u64) -> std::io::Result<Scratch> {
         let len = usize::try_from(len).map_err(|_| std::io::Error::other("result too large"))?;
-        region.bytes(len)?;
+        region.map_to(len)?;
         Ok(Scratch {
             region: Some(region),
             len,
         })
     }
 
-    fn bytes(&self) -> &[u8] {
-        // In range: checked in `new`.
-        self.region
-            .as_ref()
-            .and_then(|r| r.bytes(self.len).ok())
-            .unwrap_or_default()
+    /// Decodes the outcomes, reading them out of the scratch (which the worker can
+    /// write still) as decoding goes.
+    fn decode<T: DeserializeOwned>(&self) -> Result<T, String> {
+        let region = self.region.as_ref().ok_or("the scratch is gone")?;
+        region.decode(self.len)
     }
 }
 
@@ -198,10 +200,10 @@ pub(crate) fn decode_values<T: DeserializeOwned>(delivery: Delivery) -> Result<V
 
 /// A batch's outcomes, checked to account for each of `count` arguments once.
 fn decode_batch<T: DeserializeOwned>(
-    bytes: &[u8],
+    bytes: &Payload,
     count: usize,
 ) -> Result<BatchOutcomes<T>, JobError> {
-    let outcomes: BatchOutcomes<T> = decode_user(bytes, "results do")?;
+    let outcomes: BatchOutcomes<T> = decode_user(|| bytes.decode(), "results do")?;
     let (values, failures) = (outcomes.values.len(), outcomes.failures.len());
     let in_order = outcomes
         .failures
@@ -245,15 +247,19 @@ pub(crate) fn raw_delivery(delivery: Delivery) -> Outcomes<Vec<u8>> {
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(raw: RawOutcome) -> Result<T, JobError> {
-    decode_user(&raw?, "result does")
+    let bytes = raw?;
+    decode_user(|| Codec::Bincode.decode(&bytes), "result does")
 }
 
-/// Decodes a worker's bytes into a caller's type `M` (built from `T`, the type named in
-/// errors). Its `Deserialize` is user code: a panic in it fails this result with
-/// `Codec`, and nothing else.
-fn decode_user<M: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<M, JobError> {
+/// Runs `decode`, a decode of a worker's bytes into a caller's type `M`. Its
+/// `Deserialize` is user code: a panic in it fails this result with `Codec`, and
+/// nothing else.
+fn decode_user<M>(
+    decode: impl FnOnce() -> Result<M, String>,
+    what: &str,
+) -> Result<M, JobError> {
     let name = std::any::type_name::<M>();
-    match catch_unwind(AssertUnwindSafe(|| Codec::Bincode.decode::<M>(bytes))) {
+    match catch_unwind(AssertUnwindSafe(decode)) {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(JobError::Codec {
             message: format!("{what} not decode as {name}: {e}"),

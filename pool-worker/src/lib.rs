@@ -27,12 +27,17 @@
 //! Panics inside a job are caught and reported as such, so a job must not be built
 //! with `panic = "abort"` if its panics are to be told from crashes.
 
+// Unsafe code lives in `sys` alone, where each block says why it holds.
+#![deny(unsafe_code)]
+
+mod bounded;
 mod codec;
 mod job;
 pub mod payload;
 pub mod protocol;
 mod serve;
 pub mod slots;
+#[allow(unsafe_code)]
 mod sys;
 mod zygote;
 

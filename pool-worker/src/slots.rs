@@ -20,6 +20,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
 use crate::sys::{self, SharedPage};
@@ -45,16 +46,27 @@ pub struct Slots {
 
 impl Slots {
     /// New slots for a worker (in the supervisor), and their memfd, to send to it with
-    /// `Request::UseSlots`.
+    /// `Request::UseSlots`. The memfd is sealed at its size: the worker cannot cut the
+    /// page from under the supervisor's mapping (a SIGBUS there).
     pub fn create() -> io::Result<(Slots, OwnedFd)> {
-        let fd = memfd_create("procpool-slots", MFdFlags::MFD_CLOEXEC)?;
+        let fd = memfd_create(
+            "procpool-slots",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )?;
         nix::unistd::ftruncate(&fd, BYTES as i64)?;
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
         let page = sys::map_shared_page(&fd, BYTES)?;
         Ok((Slots { page }, fd))
     }
 
-    /// The slots behind the memfd the supervisor sent (in the worker).
+    /// The slots behind the memfd the supervisor sent (in the worker): a page sealed
+    /// against shrinking, of the size both sides expect.
     pub fn adopt(fd: OwnedFd) -> io::Result<Slots> {
+        let seals = SealFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GET_SEALS)?);
+        if !seals.contains(SealFlag::F_SEAL_SHRINK) {
+            return Err(io::Error::other("slots not sealed against shrinking"));
+        }
         let size = nix::sys::stat::fstat(&fd)?.st_size;
         if size != BYTES as i64 {
             return Err(io::Error::other(format!("slots of {size} bytes")));
@@ -190,6 +202,12 @@ mod tests {
         assert!(!worker.start(next, 90));
 
         let other = memfd_create("procpool-test", MFdFlags::MFD_CLOEXEC).unwrap();
-        assert!(Slots::adopt(other).is_err(), "not a slots page");
+        nix::unistd::ftruncate(&other, BYTES as i64).unwrap();
+        assert!(Slots::adopt(other).is_err(), "not sealed");
+        let (_, fd) = Slots::create().unwrap();
+        assert!(
+            nix::unistd::ftruncate(&fd, 0).is_err(),
+            "nobody can shrink it"
+        );
     }
 }
