@@ -506,11 +506,10 @@ pub fn map(fd: &OwnedFd, len: u64) -> io::Result<SealedMap> {
 /// supervisor reuses its regions, so the next time a kept region comes, its pages are
 /// mapped already (no page faults), and nothing is unmapped per task. A kept mapping
 /// keeps its memfd's memory alive after the supervisor lets it go, so a worker keeps
-/// what the spare list would: at most [`SPARE_REGIONS`] mappings of [`SPARE_BYTES`] in
-/// all, the least recently used dropped first, and none of [`KEEP_BELOW`] bytes or
-/// more. Arguments are copied out of their mapping (into a buffer kept too, within
-/// the same bound) before they are decoded: any worker that was ever sent a region
-/// can still write it.
+/// what the spare list would: at most 32 mappings of [`SPARE_BYTES`] in all, the
+/// least recently used dropped first, and none of 64 MiB or more. Arguments are copied
+/// out of their mapping (into a buffer kept too, within the same bound) before they
+/// are decoded: any worker that was ever sent a region can still write it.
 #[derive(Default)]
 pub struct Mappings {
     kept: Vec<Kept>,

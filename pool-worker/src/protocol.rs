@@ -20,8 +20,10 @@ use serde_bytes::ByteBuf;
 use crate::bounded::{self, Ints};
 use crate::codec::Codec;
 
-/// Bumped whenever a message here changes shape.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// Bumped whenever a message here changes shape, or what comes with one does (7: the
+/// memfds sent with `UseSlots` and `RunBatchShared` are sealed against shrinking, and
+/// a worker refuses them otherwise).
+pub const PROTOCOL_VERSION: u32 = 7;
 /// The first bytes of every hello frame.
 pub const MAGIC: [u8; 4] = *b"PPW\x01";
 /// Environment variable with the worker's end of its stream (a file descriptor number).
