@@ -257,6 +257,8 @@ fn a_callback_can_use_the_pool_it_was_called_from() {
         rx.recv_timeout(LONG).expect("the callback finished"),
         (Ok(9), Ok(16))
     );
+    // The callback's closure, and its handle, go once it has returned.
+    assert!(eventually(|| Arc::strong_count(&pool) == 1));
     let pool = Arc::into_inner(pool).expect("the callback let go of the pool");
     close_and_check(pool);
 }

@@ -10,7 +10,9 @@
 //!            send                 reply read               (the caller resolves it)
 //!  queue ----------> Sent --------------------------------> Task delivered
 //!                     |  take back / cancel: slot revoked -> Task back to the queue
-//!                     |                                      (or resolved Cancelled)
+//!                     |                                      (or resolved Cancelled);
+//!                     |                                      the entry stays, Revoked,
+//!                     |                                      until the worker passes it
 //!                     |  cancel / time limit, started -----> Resolved: the task is
 //!                     |                                      resolved now; its reply,
 //!                     |                                      if any, is dropped
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pool_worker::protocol::Reply;
-use pool_worker::slots::{SlotState, Slots, monotonic_ns};
+use pool_worker::slots::{RING, SlotState, Slots, monotonic_ns};
 
 use crate::pool::Regions;
 use crate::supervisor::Task;
@@ -43,6 +45,10 @@ struct Entry {
     id: u64,
     arguments: usize,
     sent_at: Instant,
+    /// When the supervisor first saw the worker's slot say started: a worker's own word
+    /// for when it started is believed only up to then (a worker could write a start
+    /// in the future, and push its time limit away forever).
+    seen_started: Option<Instant>,
     held: Held,
 }
 
@@ -56,6 +62,10 @@ enum Held {
     /// comes, is dropped. Its shared memory stays until then: the worker may still
     /// read and write it.
     Resolved(Option<Regions>),
+    /// Taken back before the worker started it: the worker skips it without a reply.
+    /// Kept until the worker has passed it (it answers a later one), so that its slot
+    /// is not given to another task while the worker may still read this one.
+    Revoked,
 }
 
 /// What a reply at the head of the ledger answered.
@@ -70,13 +80,14 @@ pub(crate) enum Answered {
 /// What a cancel found.
 #[must_use]
 pub(crate) enum Cancelled {
-    /// Not in this ledger.
+    /// Not in this ledger, or finished already (its reply, and its value, are on the
+    /// way: the cancel lost the race).
     NotHere,
     /// Taken back before the worker started it: resolve it; the worker skips it.
     TakenBack(Task),
-    /// The worker started it and has not answered: resolve it, and end the worker (the
-    /// only way to stop a running job).
-    Started(Task),
+    /// Stopped while it ran (the worker starts nothing after it): resolve it, and end
+    /// the worker, the only way to stop a running job.
+    Stopped(Task),
 }
 
 /// The task the worker is running, as far as the supervisor can tell.
@@ -108,12 +119,52 @@ impl Ledger {
         }
     }
 
+    /// Whether nothing sent is unresolved or unanswered (taken-back tasks the worker
+    /// has yet to pass do not count).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
+    /// Entries the worker has yet to answer (taken-back tasks do not count).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries
+            .iter()
+            .filter(|e| !matches!(e.held, Held::Revoked))
+            .count()
+    }
+
+    /// Whether another task may be sent: its slot's last task has been passed.
+    pub fn can_send(&self) -> bool {
+        self.entries
+            .iter()
+            .find(|e| !matches!(e.held, Held::Init))
+            .is_none_or(|oldest| self.sent - oldest.seq < RING)
+    }
+
+    /// Where the head is: the first entry the worker will answer.
+    fn head_at(&self) -> Option<usize> {
+        self.entries
+            .iter()
+            .position(|e| !matches!(e.held, Held::Revoked))
+    }
+
+    fn head(&self) -> Option<&Entry> {
+        self.entries.get(self.head_at()?)
+    }
+
+    /// Notes when the head was first seen started (call it each time the loop looks).
+    pub fn observe(&mut self, now: Instant) {
+        let Some(at) = self.head_at() else { return };
+        let head = &self.entries[at];
+        if head.seen_started.is_none()
+            && matches!(head.held, Held::Task(_) | Held::Resolved(_))
+            && matches!(
+                self.slots.state(head.seq, head.id),
+                SlotState::Started { .. }
+            )
+        {
+            self.entries[at].seen_started = Some(now);
+        }
     }
 
     /// Records the initializer as sent.
@@ -123,6 +174,7 @@ impl Ledger {
             id: 0,
             arguments: 0,
             sent_at: now,
+            seen_started: None,
             held: Held::Init,
         });
     }
@@ -139,6 +191,7 @@ impl Ledger {
             id: task.id,
             arguments: task.arguments,
             sent_at: now,
+            seen_started: None,
             held: Held::Task(task),
         });
         frame
@@ -147,7 +200,7 @@ impl Ledger {
     /// Whether `reply` answers the head of the ledger: the same task and, for a reply
     /// with one outcome per argument, as many outcomes as it has arguments.
     pub fn head_answered_by(&self, reply: &Reply) -> bool {
-        let Some(head) = self.entries.front() else {
+        let Some(head) = self.head() else {
             return false;
         };
         match (reply, &head.held) {
@@ -169,25 +222,30 @@ impl Ledger {
     /// The shared memory of the head's task, taken out (its outcomes may be in its
     /// scratch).
     pub fn take_head_regions(&mut self) -> Option<Regions> {
-        match &mut self.entries.front_mut()?.held {
+        let at = self.head_at()?;
+        match &mut self.entries[at].held {
             Held::Task(t) => t.regions.take(),
             Held::Resolved(regions) => regions.take(),
-            Held::Init => None,
+            Held::Init | Held::Revoked => None,
         }
     }
 
-    /// Takes the head out: the worker answered it.
+    /// Takes the head out: the worker answered it, so it has passed every task taken
+    /// back before it too.
     pub fn answered(&mut self) -> Option<Answered> {
+        let at = self.head_at()?;
+        self.entries.drain(..at);
         Some(match self.entries.pop_front()?.held {
             Held::Init => Answered::Init,
             Held::Task(t) => Answered::Task(t),
             Held::Resolved(regions) => Answered::Resolved(regions),
+            Held::Revoked => return None,
         })
     }
 
     /// What the head is, for a message about an unexpected reply.
     pub fn describe_head(&self) -> String {
-        match self.entries.front() {
+        match self.head() {
             None => "nothing".into(),
             Some(Entry {
                 held: Held::Init, ..
@@ -200,7 +258,7 @@ impl Ledger {
     /// task since the worker's own word for when (never before it was sent, nor after
     /// now), so a time limit is the job's run time however late the supervisor looks.
     pub fn running(&self, now: Instant) -> Option<Running> {
-        let head = self.entries.front()?;
+        let head = self.head()?;
         let (task, at_ns) = match &head.held {
             Held::Init => {
                 return Some(Running {
@@ -208,27 +266,33 @@ impl Ledger {
                     deadline: None,
                 });
             }
+            // Started and not done: running.
             Held::Task(t) => match self.slots.state(head.seq, head.id) {
                 SlotState::Started { at_ns } => (Some(t), at_ns),
-                SlotState::Queued | SlotState::Revoked => return None,
+                _ => return None,
             },
             Held::Resolved(_) => match self.slots.state(head.seq, head.id) {
                 SlotState::Started { at_ns } => (None, at_ns),
-                SlotState::Queued | SlotState::Revoked => return None,
+                _ => return None,
             },
+            Held::Revoked => return None,
         };
         let age = Duration::from_nanos(monotonic_ns().saturating_sub(at_ns));
         let started = now
             .checked_sub(age)
             .unwrap_or(head.sent_at)
-            .max(head.sent_at);
+            .max(head.sent_at)
+            .min(head.seen_started.unwrap_or(now));
         let deadline = task.and_then(|t| t.options.timeout.map(|limit| started + limit));
         Some(Running { started, deadline })
     }
 
     /// Whether tasks sent ahead wait behind the head, not yet started.
     pub fn waiting_ahead(&self) -> bool {
-        self.entries.iter().skip(1).any(|e| {
+        let Some(head) = self.head_at() else {
+            return false;
+        };
+        self.entries.iter().skip(head + 1).any(|e| {
             matches!(e.held, Held::Task(_)) && self.slots.state(e.seq, e.id) == SlotState::Queued
         })
     }
@@ -236,19 +300,29 @@ impl Ledger {
     /// Takes back every task the worker has not started (all but the head with
     /// `behind_head`), in order, to run elsewhere; started ones stay.
     pub fn take_back(&mut self, behind_head: bool) -> Vec<Task> {
-        let skip = usize::from(behind_head);
+        let skip = match (behind_head, self.head_at()) {
+            (true, Some(head)) => head + 1,
+            _ => 0,
+        };
         let mut back = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.entries.len());
-        for (i, entry) in self.entries.drain(..).enumerate() {
-            match entry.held {
-                Held::Task(task) if i >= skip && self.slots.revoke(entry.seq, entry.id) => {
-                    back.push(task)
-                }
-                held => kept.push_back(Entry { held, ..entry }),
+        for at in skip..self.entries.len() {
+            if let Some(task) = self.revoke_at(at) {
+                back.push(task);
             }
         }
-        self.entries = kept;
         back
+    }
+
+    /// Takes back the task at `at` if the worker has not started it.
+    fn revoke_at(&mut self, at: usize) -> Option<Task> {
+        let entry = self.entries.get_mut(at)?;
+        if !matches!(entry.held, Held::Task(_)) || !self.slots.revoke(entry.seq, entry.id) {
+            return None;
+        }
+        match std::mem::replace(&mut entry.held, Held::Revoked) {
+            Held::Task(task) => Some(task),
+            _ => None,
+        }
     }
 
     /// Cancels task `id` if this ledger has it.
@@ -260,30 +334,31 @@ impl Ledger {
         else {
             return Cancelled::NotHere;
         };
-        let (seq, id) = (self.entries[at].seq, self.entries[at].id);
-        if self.slots.revoke(seq, id) {
-            return match self.entries.remove(at).map(|e| e.held) {
-                Some(Held::Task(task)) => Cancelled::TakenBack(task),
-                _ => Cancelled::NotHere,
-            };
+        if let Some(task) = self.revoke_at(at) {
+            return Cancelled::TakenBack(task);
         }
-        match self.resolve_at(at) {
-            Some(task) => Cancelled::Started(task),
+        match self.stop_at(at) {
+            Some(task) => Cancelled::Stopped(task),
             None => Cancelled::NotHere,
         }
     }
 
-    /// The head's task, resolved now (it ran past its time limit): its reply, if one
-    /// comes, is dropped.
+    /// The head's task, stopped and resolved now (it ran past its time limit): its
+    /// reply, if one comes, is dropped. `None` if it finished meanwhile.
     pub fn expire_head(&mut self) -> Option<Task> {
-        self.resolve_at(0)
+        self.stop_at(self.head_at()?)
     }
 
-    fn resolve_at(&mut self, at: usize) -> Option<Task> {
+    /// Stops the task at `at` if it runs (not if it finished: its reply is coming),
+    /// and resolves it here.
+    fn stop_at(&mut self, at: usize) -> Option<Task> {
         let entry = self.entries.get_mut(at)?;
         let Held::Task(task) = &mut entry.held else {
             return None;
         };
+        if !self.slots.stop(entry.seq, entry.id) {
+            return None;
+        }
         let regions = task.regions.take();
         match std::mem::replace(&mut entry.held, Held::Resolved(regions)) {
             Held::Task(task) => Some(task),
@@ -303,15 +378,16 @@ impl Ledger {
             started: Vec::new(),
             in_init: false,
         };
+        let head = self.head_at();
         for (i, entry) in self.entries.into_iter().enumerate() {
             match entry.held {
                 Held::Init => lost.in_init = true,
-                Held::Task(task) if broke && i == 0 => lost.started.push(task),
+                Held::Task(task) if broke && Some(i) == head => lost.started.push(task),
                 Held::Task(task) if self.slots.revoke(entry.seq, entry.id) => {
                     lost.never_started.push(task)
                 }
                 Held::Task(task) => lost.started.push(task),
-                Held::Resolved(_) => {}
+                Held::Resolved(_) | Held::Revoked => {}
             }
         }
         lost
@@ -431,7 +507,7 @@ mod tests {
         }
         assert!(worker.start(0, 1));
         assert!(matches!(ledger.cancel(3), Cancelled::TakenBack(t) if t.id == 3));
-        assert!(matches!(ledger.cancel(1), Cancelled::Started(t) if t.id == 1));
+        assert!(matches!(ledger.cancel(1), Cancelled::Stopped(t) if t.id == 1));
         assert!(
             matches!(ledger.cancel(1), Cancelled::NotHere),
             "resolved once"

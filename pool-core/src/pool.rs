@@ -529,14 +529,19 @@ impl Shared {
         relock(&self.port).accepting == Accepting::Open
     }
 
-    /// Waits for the supervisor to finish and every outcome to be delivered (but for
-    /// the callback calling this, if one does); false if `deadline` came first.
+    /// Waits for the supervisor to finish; false if `deadline` came first.
     fn wait_finished(&self, deadline: Option<Instant>) -> bool {
         wait_while(&self.status_changed, relock(&self.status), deadline, |s| {
             !s.finished
         })
         .finished
-            && self.drained.wait(deadline)
+    }
+
+    /// Waits for the supervisor to finish and every outcome to be delivered and its
+    /// callbacks run (but for the callback calling this, if one does); false if
+    /// `deadline` came first.
+    fn wait_drained(&self, deadline: Option<Instant>) -> bool {
+        self.wait_finished(deadline) && self.drained.wait(deadline)
     }
 }
 
@@ -1180,19 +1185,21 @@ impl Pool {
 
     /// Ends every worker now (SIGTERM, then SIGKILL after the grace period) and
     /// resolves every unfinished task with [`JobError::Terminated`]. Returns once the
-    /// workers are gone.
+    /// workers are gone (callbacks still running go on on their own thread).
     pub fn terminate(&self) {
         self.shared.stop(Command::Terminate);
         self.shared.wait_finished(None);
         self.reap_thread();
     }
 
-    /// Waits until the pool has finished after `close` or `terminate`.
+    /// Waits until the pool has finished after `close` or `terminate`: its workers are
+    /// gone, and every result was delivered and its callbacks run (except the callback
+    /// calling this, if one does).
     pub fn join(&self) -> Result<(), Error> {
         if self.shared.is_open() {
             return Err(Error::StillRunning);
         }
-        self.shared.wait_finished(None);
+        self.shared.wait_drained(None);
         self.reap_thread();
         Ok(())
     }
@@ -1205,7 +1212,7 @@ impl Pool {
         }
         let done = self
             .shared
-            .wait_finished(Instant::now().checked_add(timeout));
+            .wait_drained(Instant::now().checked_add(timeout));
         if done {
             self.reap_thread();
         }

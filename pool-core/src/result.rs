@@ -254,10 +254,7 @@ pub(crate) fn decode<T: DeserializeOwned>(raw: RawOutcome) -> Result<T, JobError
 /// Runs `decode`, a decode of a worker's bytes into a caller's type `M`. Its
 /// `Deserialize` is user code: a panic in it fails this result with `Codec`, and
 /// nothing else.
-fn decode_user<M>(
-    decode: impl FnOnce() -> Result<M, String>,
-    what: &str,
-) -> Result<M, JobError> {
+fn decode_user<M>(decode: impl FnOnce() -> Result<M, String>, what: &str) -> Result<M, JobError> {
     let name = std::any::type_name::<M>();
     match catch_unwind(AssertUnwindSafe(decode)) {
         Ok(Ok(value)) => Ok(value),
@@ -275,14 +272,26 @@ fn decode_user<M>(
 
 type Callback<T> = Box<dyn FnOnce(&Result<T, JobError>) + Send>;
 
+/// A result's life: `Pending` until its task resolves; then, if callbacks are
+/// registered, `Deferred` (the value is in, its callbacks wait for the callbacks
+/// thread) and `Completing` (they run, outside the lock); then `Ready`, and `Taken` once
+/// handed over. A waiter that finds it `Deferred` runs the callbacks itself rather than
+/// wait for a thread that may be busy (a callback waiting on another result would
+/// otherwise wait for itself).
 enum State<T> {
     Pending {
+        callbacks: Vec<Callback<T>>,
+        waker: Option<Waker>,
+    },
+    Deferred {
+        result: Result<T, JobError>,
         callbacks: Vec<Callback<T>>,
         waker: Option<Waker>,
     },
     /// Callbacks are running with the value outside the lock; late ones queue here.
     Completing {
         late: Vec<Callback<T>>,
+        waker: Option<Waker>,
     },
     Ready(Result<T, JobError>),
     Taken {
@@ -317,74 +326,120 @@ impl<T> Slot<T> {
     }
 
     /// Completes the slot once; a second completion is a bug upstream and is ignored.
-    /// Its callbacks run on the pool's callbacks thread when this is called on its
-    /// results thread (see `completion`), here otherwise; waiters wake after them.
+    /// Without callbacks it is ready at once. With callbacks, they run on the pool's
+    /// callbacks thread when this is called on its results thread (see `completion`),
+    /// here otherwise, or on the first thread that waits for the result; waiters wake
+    /// after them.
     pub fn complete(self: &Arc<Self>, result: Result<T, JobError>)
     where
         T: Send + 'static,
     {
-        let (callbacks, waker) = {
-            let mut state = self.lock();
-            match std::mem::replace(&mut *state, State::Completing { late: Vec::new() }) {
-                State::Pending { callbacks, waker } => (callbacks, waker),
-                other => {
-                    *state = other;
-                    tracing::error!("a result was completed twice; the second is ignored");
-                    return;
-                }
-            }
+        let mut state = self.lock();
+        let State::Pending { callbacks, waker } = &mut *state else {
+            tracing::error!("a result was completed twice; the second is ignored");
+            return;
         };
         if callbacks.is_empty() {
-            self.settle(result, callbacks);
-        } else {
-            let slot = self.clone();
-            let work: crate::completion::CallbackWork =
-                Box::new(move || slot.settle(result, callbacks));
-            if let Some(work) = crate::completion::defer_callbacks(work) {
-                work();
-            }
+            let waker = waker.take();
+            *state = State::Ready(result);
+            drop(state);
+            self.mark_ready(waker);
+            return;
         }
+        let (callbacks, waker) = (std::mem::take(callbacks), waker.take());
+        *state = State::Deferred {
+            result,
+            callbacks,
+            waker,
+        };
+        drop(state);
+        // Waiters may run the callbacks themselves rather than wait for their thread.
+        self.done.notify_all();
+        let slot = self.clone();
+        let work: crate::completion::CallbackWork = Box::new(move || slot.run_deferred());
+        if let Some(work) = crate::completion::defer_callbacks(work) {
+            work();
+        }
+    }
+
+    fn mark_ready(&self, waker: Option<Waker>) {
+        self.ready.store(true, Ordering::Release);
+        self.done.notify_all();
         if let Some(w) = waker {
             w.wake();
         }
     }
 
-    /// In state `Completing`: runs `callbacks` and any that arrive meanwhile, outside
-    /// the lock, then stores `result` as ready and wakes the waiters.
-    fn settle(&self, result: Result<T, JobError>, mut callbacks: Vec<Callback<T>>) {
+    /// Runs the callbacks of a `Deferred` result (if no other thread has taken them),
+    /// and any that arrive meanwhile, outside the lock; then the result is ready.
+    fn run_deferred(&self) {
+        let mut state = self.lock();
+        let State::Deferred { .. } = &*state else {
+            return;
+        };
+        let State::Deferred {
+            result,
+            mut callbacks,
+            waker,
+        } = std::mem::replace(
+            &mut *state,
+            State::Completing {
+                late: Vec::new(),
+                waker: None,
+            },
+        )
+        else {
+            return;
+        };
+        if let State::Completing { waker: w, .. } = &mut *state {
+            *w = waker;
+        }
+        drop(state);
         loop {
             for callback in callbacks.drain(..) {
                 run_callback(callback, &result);
             }
             let mut state = self.lock();
             match &mut *state {
-                State::Completing { late } if !late.is_empty() => {
+                State::Completing { late, .. } if !late.is_empty() => {
                     callbacks = std::mem::take(late);
                 }
-                _ => {
+                State::Completing { waker, .. } => {
+                    let waker = waker.take();
                     *state = State::Ready(result);
-                    self.ready.store(true, Ordering::Release);
-                    break;
+                    drop(state);
+                    self.mark_ready(waker);
+                    return;
+                }
+                _ => {
+                    tracing::error!("a result changed while its callbacks ran");
+                    return;
                 }
             }
         }
-        self.done.notify_all();
     }
 
     fn on_complete(&self, callback: Callback<T>) {
         let mut state = self.lock();
         match &mut *state {
-            State::Pending { callbacks, .. } => callbacks.push(callback),
-            State::Completing { late } => late.push(callback),
+            State::Pending { callbacks, .. } | State::Deferred { callbacks, .. } => {
+                callbacks.push(callback)
+            }
+            State::Completing { late, .. } => late.push(callback),
             State::Ready(_) => {
-                // Run outside the lock, so the callback may look at this result.
+                // Run here, outside the lock, so the callback may look at this result.
                 let State::Ready(result) =
-                    std::mem::replace(&mut *state, State::Completing { late: Vec::new() })
+                    std::mem::replace(&mut *state, State::Taken { ok: false })
                 else {
-                    unreachable!()
+                    return;
+                };
+                *state = State::Deferred {
+                    result,
+                    callbacks: vec![callback],
+                    waker: None,
                 };
                 drop(state);
-                self.settle(result, vec![callback]);
+                self.run_deferred();
             }
             State::Taken { ok } => {
                 let ok = *ok;
@@ -407,9 +462,36 @@ impl<T> Slot<T> {
         while !self.ready.load(Ordering::Acquire) && Instant::now() < spin_until {
             std::thread::yield_now();
         }
-        let state = wait_while(&self.done, self.lock(), deadline, |s| !Self::is_ready(s));
-        let ready = Self::is_ready(&state);
-        (state, ready)
+        let mut state = self.lock();
+        loop {
+            match &*state {
+                State::Ready(_) | State::Taken { .. } => return (state, true),
+                State::Deferred { .. } => {
+                    // Its callbacks wait for a thread that may be busy: run them here.
+                    drop(state);
+                    self.run_deferred();
+                    state = self.lock();
+                }
+                State::Pending { .. } | State::Completing { .. } => {
+                    let left = match deadline {
+                        None => None,
+                        Some(d) => match d.checked_duration_since(Instant::now()) {
+                            Some(left) if !left.is_zero() => Some(left),
+                            _ => return (state, false),
+                        },
+                    };
+                    state = match left {
+                        None => self.done.wait(state).unwrap_or_else(|e| e.into_inner()),
+                        Some(left) => {
+                            self.done
+                                .wait_timeout(state, left)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0
+                        }
+                    };
+                }
+            }
+        }
     }
 
     fn take(state: &mut State<T>) -> Result<T, JobError> {
@@ -579,14 +661,11 @@ impl<T: Send + 'static> Future for AsyncResult<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.slot.lock();
         match &mut *state {
-            State::Pending { waker, .. } => {
+            // Callbacks still to run, or running: woken after them.
+            State::Pending { waker, .. }
+            | State::Deferred { waker, .. }
+            | State::Completing { waker, .. } => {
                 *waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-            // Callbacks are still running: the completer notifies the condvar, not the
-            // waker, after them; wake ourselves so the executor polls again shortly.
-            State::Completing { .. } => {
-                cx.waker().wake_by_ref();
                 Poll::Pending
             }
             _ => Poll::Ready(Slot::take(&mut state)),

@@ -31,7 +31,7 @@ use pool_worker::slots::Slots;
 use crate::TaskOptions;
 use crate::completion::Completions;
 use crate::conn::{Conn, ReadEnd};
-use crate::error::{Error, JobError, LostCause, describe_exitcode};
+use crate::error::{EXIT_UNKNOWN, Error, JobError, LostCause, describe_exitcode};
 use crate::inflight::{Answered, Cancelled, Ledger};
 use crate::launch;
 use crate::launch::StartMethod;
@@ -130,9 +130,12 @@ struct Worker {
     /// Whether its hello arrived and was accepted.
     handshaken: bool,
     /// Whether it has answered anything (its initializer or a task): until then, an
-    /// exit with nothing started is a failure to start (no endless respawn of a worker
-    /// that dies right after its hello).
+    /// exit of its own with nothing started is a failure to start (no endless respawn
+    /// of a worker that dies right after its hello).
     served: bool,
+    /// The supervisor ended it (a cancel, a time limit, retirement, close, terminate):
+    /// its exit is no failure to start.
+    ended: bool,
     /// To be replaced once idle (`max_tasks_per_child` or `max_memory_per_child`):
     /// it gets no new tasks.
     retire: bool,
@@ -277,6 +280,7 @@ impl Supervisor {
             }
             self.tend();
             self.revoke_waiting();
+            self.retire_spent();
             self.dispatch();
             self.replenish();
             self.fail_stranded_tasks();
@@ -298,6 +302,9 @@ impl Supervisor {
         for w in self.workers.values() {
             match w.phase {
                 Phase::Starting { deadline } => at = at.min(deadline),
+                // While its stream is open, its end (read as a hang-up) wakes the loop;
+                // after that, the process is about to be reapable.
+                Phase::Exiting { kill_at } if w.conn.is_some() => at = at.min(kill_at),
                 Phase::Exiting { .. } => at = at.min(now + REAP_EVERY),
                 Phase::Ready => {
                     let next = [w.head_deadline(now), w.revoke_at(now)];
@@ -380,7 +387,7 @@ impl Supervisor {
                 match w.ledger.cancel(*id) {
                     Cancelled::NotHere => {}
                     Cancelled::TakenBack(task) => task.fail(&self.completions, JobError::Cancelled),
-                    Cancelled::Started(task) => {
+                    Cancelled::Stopped(task) => {
                         task.fail(&self.completions, JobError::Cancelled);
                         end = true;
                     }
@@ -480,6 +487,7 @@ impl Supervisor {
                 dispatched: 0,
                 handshaken: false,
                 served: false,
+                ended: false,
                 retire: false,
                 last_task: None,
                 fail_with: None,
@@ -794,6 +802,20 @@ impl Supervisor {
         self.retire_if_spent(token);
     }
 
+    /// Recycles every worker to be retired that has nothing left in flight (its last
+    /// task may have left by a reply, a cancel or a take-back).
+    fn retire_spent(&mut self) {
+        let tokens: Vec<Token> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.retire && w.phase == Phase::Ready && w.ledger.is_empty())
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            self.retire_if_spent(token);
+        }
+    }
+
     fn retire_if_spent(&mut self, token: Token) {
         let Some(w) = self.workers.get(&token) else {
             return;
@@ -801,6 +823,9 @@ impl Supervisor {
         if w.retire && w.ledger.is_empty() && w.phase == Phase::Ready {
             tracing::debug!(pid = w.pid, tasks = w.dispatched, "recycling worker");
             self.close_conn(token, EXIT_GRACE);
+            if let Some(w) = self.workers.get_mut(&token) {
+                w.ended = true;
+            }
         }
     }
 
@@ -843,8 +868,9 @@ impl Supervisor {
         if grace.is_zero() {
             return self.kill(token, why);
         }
-        if let Some(w) = self.workers.get(&token) {
+        if let Some(w) = self.workers.get_mut(&token) {
             w.span.in_scope(|| tracing::debug!(why, "ending worker"));
+            w.ended = true;
         }
         self.signal(token, Signal::SIGTERM);
         self.close_conn(token, grace);
@@ -852,10 +878,11 @@ impl Supervisor {
 
     /// Ends a worker now (SIGKILL); what it wrote before is still read.
     fn kill(&mut self, token: Token, why: &str) {
-        let Some(w) = self.workers.get(&token) else {
+        let Some(w) = self.workers.get_mut(&token) else {
             return;
         };
         w.span.in_scope(|| tracing::debug!(why, "killing worker"));
+        w.ended = true;
         self.signal(token, Signal::SIGKILL);
         self.close_conn(token, Duration::ZERO);
     }
@@ -884,6 +911,9 @@ impl Supervisor {
         let sweep = now >= self.next_sweep;
         if sweep {
             self.next_sweep = now + SWEEP_EVERY;
+        }
+        for w in self.workers.values_mut() {
+            w.ledger.observe(now);
         }
         let tokens: Vec<Token> = self
             .workers
@@ -937,6 +967,20 @@ impl Supervisor {
                     }
                     _ => {}
                 },
+                // Reaped by someone else: the kernel, when the program ignores SIGCHLD.
+                // Its status is lost, but it is gone.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ECHILD) => {
+                    let pid = w.pid;
+                    self.read(token);
+                    self.on_exit(
+                        token,
+                        Reaped {
+                            pid,
+                            exitcode: EXIT_UNKNOWN,
+                            peak_rss: 0,
+                        },
+                    );
+                }
                 Err(e) => {
                     tracing::error!(pid = w.pid, error = %e, "cannot wait for worker");
                     let message = e.to_string();
@@ -958,10 +1002,12 @@ impl Supervisor {
         if w.phase != Phase::Ready || w.head_deadline(now).is_none_or(|d| now < d) {
             return;
         }
-        if let Some(task) = w.ledger.expire_head() {
-            tracing::warn!(task = task.id, pid = w.pid, "task past its time limit");
-            task.fail(&self.completions, JobError::Timeout);
-        }
+        // Stopped in its slot, or finished meanwhile (then its reply is coming).
+        let Some(task) = w.ledger.expire_head() else {
+            return;
+        };
+        tracing::warn!(task = task.id, pid = w.pid, "task past its time limit");
+        task.fail(&self.completions, JobError::Timeout);
         // What waits behind it runs elsewhere.
         for back in w.ledger.take_back(false).into_iter().rev() {
             self.queue.push_front(back);
@@ -997,7 +1043,11 @@ impl Supervisor {
         for task in lost.never_started.into_iter().rev() {
             self.queue.push_front(task);
         }
-        let starting = !w.handshaken || lost.in_init || (!w.served && lost.started.is_empty());
+        // Died on its own before it ran anything (not ended by the supervisor, nor by a
+        // SIGKILL from outside): it cannot serve, like one that failed its hello.
+        let died_unused =
+            !w.served && !w.ended && lost.started.is_empty() && code != -(Signal::SIGKILL as i32);
+        let starting = !w.handshaken || lost.in_init || died_unused;
         if starting && self.wants_workers() {
             let message = match w.fail_with.take() {
                 Some(JobError::StartFailed { message }) => message,
@@ -1094,6 +1144,7 @@ impl Supervisor {
                         && w.conn.is_some()
                         && !w.retire
                         && w.ledger.len() < room
+                        && w.ledger.can_send()
                 })
                 .min_by_key(|(_, w)| w.ledger.len())
             else {
@@ -1166,6 +1217,9 @@ impl Supervisor {
             .collect();
         for token in open {
             self.close_conn(token, EXIT_GRACE);
+            if let Some(w) = self.workers.get_mut(&token) {
+                w.ended = true;
+            }
         }
     }
 
