@@ -31,7 +31,7 @@ use crate::launch;
 use crate::launch::StartMethod;
 use crate::pool::{Accepting, Config, JobTable, Regions, Shared};
 use crate::result::{Delivery, Sink, reply_delivery, shared_outcomes};
-use crate::stderr::StderrTap;
+use crate::stderr::{DRAIN_BUDGET, Drained, StderrTap};
 use crate::sys;
 use crate::zygote::Zygote;
 use pool_worker::os::{self, Reaped};
@@ -226,6 +226,9 @@ pub(crate) struct Supervisor {
     zygote: Option<Zygote>,
     /// Fork servers that died, still to be reaped.
     dead_zygotes: Vec<u32>,
+    /// Workers whose stderr had more to read when its drain's budget ran out: drained
+    /// again next turn (the pipe is edge-triggered, so no new event comes for it).
+    stderr_more: Vec<Token>,
 }
 
 impl Supervisor {
@@ -255,6 +258,7 @@ impl Supervisor {
             next_sweep: now,
             zygote: None,
             dead_zygotes: Vec::new(),
+            stderr_more: Vec::new(),
         }
     }
 
@@ -262,7 +266,12 @@ impl Supervisor {
         let mut events = Events::with_capacity(64);
         self.replenish();
         while !self.finished() {
-            if let Err(e) = self.poll.poll(&mut events, Some(self.next_wakeup())) {
+            let wait = if self.stderr_more.is_empty() {
+                self.next_wakeup()
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -287,6 +296,9 @@ impl Supervisor {
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
                     self.read(token);
                 }
+            }
+            for token in std::mem::take(&mut self.stderr_more) {
+                self.read_stderr(token);
             }
             self.tend();
             self.revoke_waiting();
@@ -677,9 +689,18 @@ impl Supervisor {
             return;
         };
         let pid = w.pid;
-        if w.stderr.as_mut().is_some_and(|tap| tap.drain(pid)) {
+        let Some(tap) = w.stderr.as_mut() else {
+            return;
+        };
+        match tap.drain(pid, DRAIN_BUDGET) {
+            Drained::Empty => {}
+            Drained::More => {
+                if !self.stderr_more.contains(&token) {
+                    self.stderr_more.push(token);
+                }
+            }
             // At its end: stop watching, but keep the tail for the worker's exit.
-            if let Some(tap) = w.stderr.as_mut() {
+            Drained::Ended => {
                 let _ = self.poll.registry().deregister(&mut tap.pipe);
             }
         }

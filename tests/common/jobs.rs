@@ -237,3 +237,27 @@ pub fn init_fails_once(dir: String) -> Result<(), String> {
     std::thread::sleep(Duration::from_millis(300));
     Err("first start fails".into())
 }
+
+/// Floods stderr with very short lines (the most work per byte for whoever reads
+/// them) from several threads, so that the pipe is never empty, without end (until its
+/// worker is killed).
+#[job]
+pub fn flood_stderr() {
+    fn flood() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        // Descriptor 2 itself, unlocked: the threads must not take turns.
+        let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+            return;
+        };
+        let mut err = std::fs::File::from(fd);
+        let burst = b"x\n".repeat(2048);
+        loop {
+            let _ = err.write_all(&burst);
+        }
+    }
+    for _ in 0..7 {
+        std::thread::spawn(flood);
+    }
+    flood()
+}
