@@ -282,6 +282,33 @@ pub(crate) struct Slot<T> {
     done: Condvar,
     /// Set with the result, for waiters that look before they sleep.
     ready: AtomicBool,
+    /// Waiters on several results at once (`wait`, `as_completed`), told when this one
+    /// is ready. Unlike a callback, each leaves when it stops waiting ([`Watch`]), so
+    /// repeated waits on a long task add nothing.
+    watchers: Mutex<Watchers>,
+}
+
+#[derive(Default)]
+struct Watchers {
+    next: u64,
+    /// (watch id, where to say so, what to say: the result's index for its waiter).
+    list: Vec<(u64, crossbeam_channel::Sender<usize>, usize)>,
+}
+
+/// One waiter's registration on a slot: it is told (its index is sent) once the slot
+/// is ready, and removed when this drops.
+pub(crate) struct Watch<T> {
+    slot: Arc<Slot<T>>,
+    id: u64,
+}
+
+impl<T> Drop for Watch<T> {
+    fn drop(&mut self) {
+        self.slot
+            .watchers()
+            .list
+            .retain(|(id, _, _)| *id != self.id);
+    }
 }
 
 impl<T> Slot<T> {
@@ -293,6 +320,7 @@ impl<T> Slot<T> {
             }),
             done: Condvar::new(),
             ready: AtomicBool::new(false),
+            watchers: Mutex::new(Watchers::default()),
         })
     }
 
@@ -300,6 +328,34 @@ impl<T> Slot<T> {
         // A callback panicking never holds this lock, so poisoning can only come from a
         // bug here; the state itself is always consistent, so keep going.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn watchers(&self) -> MutexGuard<'_, Watchers> {
+        // No user code runs under this lock.
+        self.watchers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `index` down `tx` once this slot is ready (at once if it is), until the
+    /// returned [`Watch`] drops.
+    pub(crate) fn watch(
+        self: &Arc<Self>,
+        tx: &crossbeam_channel::Sender<usize>,
+        index: usize,
+    ) -> Watch<T> {
+        let mut watchers = self.watchers();
+        let id = watchers.next;
+        watchers.next += 1;
+        // Under the watchers' lock, which `settle` takes after setting `ready`: either
+        // this sees it set, or `settle` sees this watcher.
+        if self.ready.load(Ordering::Acquire) {
+            let _ = tx.send(index);
+        } else {
+            watchers.list.push((id, tx.clone(), index));
+        }
+        Watch {
+            slot: self.clone(),
+            id,
+        }
     }
 
     /// Completes the slot once; a second completion is a bug upstream and is ignored.
@@ -341,6 +397,9 @@ impl<T> Slot<T> {
             }
         }
         self.done.notify_all();
+        for (_, tx, index) in std::mem::take(&mut self.watchers().list) {
+            let _ = tx.send(index);
+        }
     }
 
     fn on_complete(&self, callback: Callback<T>) {
@@ -364,6 +423,17 @@ impl<T> Slot<T> {
                 tracing::warn!(ok, "callback added after the result was taken; not run");
             }
         }
+    }
+
+    /// How many callbacks and watchers wait on this slot (for tests of leaks).
+    #[cfg(test)]
+    pub(crate) fn registrations(&self) -> usize {
+        let callbacks = match &*self.lock() {
+            State::Pending { callbacks, .. } => callbacks.len(),
+            State::Completing { late } => late.len(),
+            _ => 0,
+        };
+        callbacks + self.watchers().list.len()
     }
 
     fn is_ready(state: &State<T>) -> bool {
@@ -540,6 +610,11 @@ impl<T: Send + 'static> AsyncResult<T> {
     /// short). A panicking callback is logged and changes nothing else.
     pub fn on_complete(&self, callback: impl FnOnce(&Result<T, JobError>) + Send + 'static) {
         self.slot.on_complete(Box::new(callback));
+    }
+
+    /// Sends `index` down `tx` once the task resolves, until the watch drops.
+    pub(crate) fn watch(&self, tx: &crossbeam_channel::Sender<usize>, index: usize) -> Watch<T> {
+        self.slot.watch(tx, index)
     }
 }
 
