@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use pool_worker::os::{self, ForkedWorker};
+use pool_worker::os::{self, ForkedWorker, Reaped};
 use pool_worker::protocol::{ENV_SUPERVISOR_PID, ENV_WORKER_FD};
 
 use crate::sys;
@@ -139,6 +139,31 @@ pub(crate) fn spawn(
     // From here the supervisor handles the process by pid: it alone reaps it (wait4,
     // for the resource usage), and dropping `Child` neither waits nor kills.
     Ok((child.id(), child.stderr.take().map(OwnedFd::from)))
+}
+
+/// Reaps worker `pid` (a child of this process) if it has ended.
+///
+/// ECHILD means that someone else reaped it: the kernel itself when SIGCHLD is
+/// ignored (SIG_IGN or SA_NOCLDWAIT), or a `waitpid(-1)` elsewhere in the program. The
+/// worker has ended all the same, and its pid may already be another process's: it
+/// is reported as ended, with status 0 since its status is lost (CPython's subprocess
+/// does the same, bpo-15756), and must never be signalled by pid again.
+pub(crate) fn reap_worker(pid: u32) -> io::Result<Option<Reaped>> {
+    match os::reap(Some(pid), false) {
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+            tracing::warn!(
+                pid,
+                "a worker was reaped by someone else (is SIGCHLD ignored?); its exit \
+                 status is lost"
+            );
+            Ok(Some(Reaped {
+                pid,
+                exitcode: 0,
+                peak_rss: 0,
+            }))
+        }
+        reaped => reaped,
+    }
 }
 
 /// The number of OOM kills in this process's memory cgroup so far: cgroup v2's

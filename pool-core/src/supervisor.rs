@@ -168,6 +168,9 @@ struct Worker {
     zygote: Option<u32>,
     /// Its start-or-revoke slots, when tasks are sent ahead.
     slots: Option<Slots>,
+    /// A descriptor of the process (not for a fork server's workers, which only their
+    /// server signals): signals through it never reach a reused pid.
+    pidfd: Option<std::os::fd::OwnedFd>,
 }
 
 impl Worker {
@@ -501,6 +504,7 @@ impl Supervisor {
                 oom_kills_at_start: launch::cgroup_oom_kills(),
                 zygote: zygote_pid,
                 slots: None,
+                pidfd: zygote_pid.is_none().then(|| sys::pidfd_open(pid)).flatten(),
             },
         );
         self.publish_pids();
@@ -862,7 +866,7 @@ impl Supervisor {
             return;
         };
         match (w.zygote, &self.zygote) {
-            (None, _) => sys::signal(w.pid, signal),
+            (None, _) => sys::signal_process(w.pid, w.pidfd.as_ref(), signal),
             (Some(server), Some(z)) if z.pid == server => z.signal(w.pid, signal),
             _ => {} // its fork server is gone, and it died with it
         }
@@ -919,7 +923,7 @@ impl Supervisor {
                 continue;
             };
             let reaped = match (w.zygote, &mut self.zygote) {
-                (None, _) => os::reap(Some(w.pid), false),
+                (None, _) => launch::reap_worker(w.pid),
                 // Its fork server reaps it and reports the exit.
                 (Some(server), Some(z)) if z.pid == server => Ok(z.take_exit(w.pid)),
                 // Its fork server is gone: it died with it, by its parent-death signal.

@@ -55,6 +55,15 @@ pub(crate) fn ignore_sigint() {
     let _ = unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) };
 }
 
+/// Restores SIGCHLD's default action (and clears SA_NOCLDWAIT) in the fork server: an
+/// ignored SIGCHLD is inherited through exec, and with it the kernel would reap the
+/// workers itself, so their exits could not be reported.
+pub(crate) fn default_sigchld() {
+    // SAFETY: installing SIG_DFL involves no handler code, so no async-signal-safety
+    // requirement applies, and it does not race with any handler of ours.
+    let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
+}
+
 /// Ends the process at once, running no exit handlers and flushing nothing.
 pub(crate) fn exit_immediately(code: i32) -> ! {
     // SAFETY: _exit takes no pointers and never returns; skipping exit handlers is the

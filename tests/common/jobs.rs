@@ -261,3 +261,12 @@ pub fn flood_stderr() {
     }
     flood()
 }
+
+/// Writes a line to stderr and one to stdout with `eprintln!` and `println!` (std's
+/// locks, as most jobs print), then returns its argument.
+#[job]
+pub fn chatty(x: u64) -> u64 {
+    eprintln!("chatty job says {x}");
+    println!("chatty job says {x}");
+    x
+}
