@@ -33,7 +33,7 @@ use crate::pool::{Accepting, Config, JobTable, Regions, Shared};
 use crate::result::{Delivery, Sink, reply_delivery, shared_outcomes};
 use crate::stderr::{DRAIN_BUDGET, Drained, StderrTap};
 use crate::sys;
-use crate::zygote::Zygote;
+use crate::zygote::{Zygote, ZygoteChild};
 use pool_worker::os::{self, Reaped};
 
 /// The waker's token. Worker `n` has token `2n` for its stream and `2n + 1` for its
@@ -163,9 +163,9 @@ struct Worker {
     stderr: Option<StderrTap>,
     /// The cgroup's OOM-kill count when it started.
     oom_kills_at_start: Option<u64>,
-    /// The pid of the fork server that forked it (which reaps and signals it), if one
-    /// did. A worker of a fork server that has died or been replaced died with it.
-    zygote: Option<u32>,
+    /// Which fork server forked it (which reaps and signals it), if one did. A worker
+    /// of a fork server that has died or been replaced died with it.
+    zygote: Option<ZygoteChild>,
     /// Its start-or-revoke slots, when tasks are sent ahead.
     slots: Option<Slots>,
     /// A descriptor of the process (not for a fork server's workers, which only their
@@ -445,7 +445,7 @@ impl Supervisor {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
-        let mut zygote_pid = None;
+        let mut zygote_child = None;
         let mut launched = if self.config.launch.method == StartMethod::ForkServer {
             let zygote = match &mut self.zygote {
                 Some(z) if z.is_alive() => z,
@@ -456,8 +456,9 @@ impl Supervisor {
                     self.zygote.insert(Zygote::start(&self.config.launch)?)
                 }
             };
-            zygote_pid = Some(zygote.pid);
-            zygote.fork(&self.config.launch, self.config.start_timeout)?
+            let (launched, child) = zygote.fork(&self.config.launch, self.config.start_timeout)?;
+            zygote_child = Some(child);
+            launched
         } else {
             launch::launch(&self.config.launch)?
         };
@@ -502,9 +503,12 @@ impl Supervisor {
                 span,
                 stderr,
                 oom_kills_at_start: launch::cgroup_oom_kills(),
-                zygote: zygote_pid,
+                zygote: zygote_child,
                 slots: None,
-                pidfd: zygote_pid.is_none().then(|| sys::pidfd_open(pid)).flatten(),
+                pidfd: zygote_child
+                    .is_none()
+                    .then(|| sys::pidfd_open(pid))
+                    .flatten(),
             },
         );
         self.publish_pids();
@@ -867,7 +871,7 @@ impl Supervisor {
         };
         match (w.zygote, &self.zygote) {
             (None, _) => sys::signal_process(w.pid, w.pidfd.as_ref(), signal),
-            (Some(server), Some(z)) if z.pid == server => z.signal(w.pid, signal),
+            (Some(child), Some(z)) if z.forked(child) => z.signal(child, signal),
             _ => {} // its fork server is gone, and it died with it
         }
     }
@@ -925,7 +929,7 @@ impl Supervisor {
             let reaped = match (w.zygote, &mut self.zygote) {
                 (None, _) => launch::reap_worker(w.pid),
                 // Its fork server reaps it and reports the exit.
-                (Some(server), Some(z)) if z.pid == server => Ok(z.take_exit(w.pid)),
+                (Some(child), Some(z)) if z.forked(child) => Ok(z.take_exit(child)),
                 // Its fork server is gone: it died with it, by its parent-death signal.
                 (Some(_), _) => Ok(Some(Reaped {
                     pid: w.pid,
