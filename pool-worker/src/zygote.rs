@@ -146,7 +146,7 @@ fn fork_one(
         address_space,
         parent: std::process::id() as i32,
     };
-    let _ = control; // closed in the child by close_range
+    let _ = control; // closed in the child by sys::close_from
     match sys::fork() {
         Ok(None) => sys::become_forked_worker(&worker),
         Ok(Some(pid)) => {
