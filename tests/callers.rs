@@ -183,10 +183,13 @@ fn role_fork_beside_printing_threads() {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    eprintln!("thread {i} chatters");
-                    // The default hook prints it with a backtrace (RUST_BACKTRACE=1),
-                    // under std's backtrace lock.
-                    let _ = std::panic::catch_unwind(|| panic!("thread {i} panics"));
+                    // Many pieces, each a write of its own under std's stderr lock.
+                    eprintln!("thread {i} chatters: {i} {i} {i} {i} {i} {i} {i} {i} {i} {i}");
+                    if i % 2 == 0 {
+                        // The default hook prints it with a backtrace (RUST_BACKTRACE=1),
+                        // under std's backtrace lock.
+                        let _ = std::panic::catch_unwind(|| panic!("thread {i} panics"));
+                    }
                 }
             })
         })

@@ -31,6 +31,7 @@
 
 mod conn;
 mod error;
+mod forker;
 mod imap;
 mod launch;
 mod pool;

@@ -2,7 +2,8 @@
 //! `multiprocessing.Process`.
 //!
 //! A keeper thread per process starts it (so the parent-death signal is tied to a
-//! thread that lives exactly as long as the child), talks the worker protocol with it
+//! thread that lives exactly as long as the child; a `Fork` child is forked by the
+//! forker thread, which lives as long as the program), talks the worker protocol with it
 //! (hello, one `RunBatch`, then `Exit` with a status that says whether the job
 //! succeeded), and reaps it. It waits for the exit without reaping first (`waitid`
 //! with `WNOWAIT`) and reaps under the same lock that `terminate`/`kill` signal under,

@@ -64,6 +64,23 @@ pub(crate) fn default_sigchld() {
     let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
 }
 
+/// Writes `bytes` to descriptor 2 with write(2) itself: no lock of std's stderr,
+/// which a forked worker may have inherited held. Errors are dropped (there is nowhere
+/// left to report them).
+pub(crate) fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a live slice of `bytes.len()` bytes.
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        } else {
+            return;
+        }
+    }
+}
+
 /// Ends the process at once, running no exit handlers and flushing nothing.
 pub(crate) fn exit_immediately(code: i32) -> ! {
     // SAFETY: _exit takes no pointers and never returns; skipping exit handlers is the
@@ -72,6 +89,7 @@ pub(crate) fn exit_immediately(code: i32) -> ! {
 }
 
 /// How a process just forked from a supervisor or zygote becomes a worker.
+#[derive(Clone, Copy, Debug)]
 pub struct ForkedWorker {
     /// Its end of its stream to the supervisor.
     pub stream: RawFd,
@@ -93,8 +111,12 @@ pub struct ForkedWorker {
 /// stream to descriptor 3 and closes every other one above stderr (so it holds no other
 /// worker's stream, nor the parent's poller or control socket), points stdin (and stdout
 /// if asked) at /dev/null, routes stderr to the capture pipe if any, ignores SIGINT and
-/// applies the address-space cap. The serve loop allocates after that; glibc's malloc is
-/// fork-safe, and the loop takes no lock another thread of the parent could have held.
+/// applies the address-space cap. The serve loop allocates after that (glibc's malloc is
+/// fork-safe) and takes no lock of std's that another thread of the parent could have
+/// held: a panic is reported by this crate's own hook, which the parent set before
+/// forking (`prepare_fork`), and std's stderr lock was held across the fork by the
+/// forking thread, so the child has it free. What a job itself locks (std's stdout lock
+/// included) is the job's business: see `StartMethod::Fork`.
 pub fn become_forked_worker(w: &ForkedWorker) -> ! {
     // SAFETY: each call is an async-signal-safe system call on descriptors and settings
     // of this (child) process only; nothing here allocates or takes a lock.
