@@ -80,11 +80,13 @@ fn serve(request: Request) {
             drop(stderr);
             os::become_forked_worker(&request.worker)
         }
-        forked => {
+        Ok(Some(pid)) => {
             drop(stderr);
-            let _ = request
-                .reply
-                .send(forked.map(|pid| pid.unwrap_or_default()));
+            let _ = request.reply.send(Ok(pid));
+        }
+        Err(e) => {
+            drop(stderr);
+            let _ = request.reply.send(Err(e));
         }
     }
 }

@@ -311,6 +311,31 @@ mod tests {
         }
     }
 
+    /// A process to stand for a fork server (whatever the test does, no signal meant
+    /// for the server reaches another process); killed and reaped on drop.
+    struct StandIn(std::process::Child);
+
+    impl StandIn {
+        fn id(&self) -> u32 {
+            self.0.id()
+        }
+
+        fn ended(&mut self) -> bool {
+            self.0.try_wait().unwrap().is_some()
+        }
+    }
+
+    impl Drop for StandIn {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn stand_in() -> StandIn {
+        StandIn(Command::new("sleep").arg("600").spawn().unwrap())
+    }
+
     /// A `Zygote` whose fork server is played by the test on the returned socket;
     /// `pid` stands for the server's process.
     fn played(pid: u32) -> (Zygote, OwnedFd) {
@@ -345,7 +370,8 @@ mod tests {
     fn an_exit_is_not_taken_for_a_later_worker_with_the_same_pid() {
         // Issue 11, item 13: the fork server reaped worker 4242 and forked another that
         // got the same pid; the first one's exit must not end the second.
-        let (mut z, server) = played(1);
+        let stand_in = stand_in();
+        let (mut z, server) = played(stand_in.id());
         let server = serve(
             server,
             vec![
@@ -377,6 +403,8 @@ mod tests {
             matches!(request, ZygoteRequest::Signal { pid: 4242, .. }),
             "{request:?}"
         );
+        assert!(z.is_alive());
+        drop(stand_in);
     }
 
     #[test]
@@ -385,7 +413,7 @@ mod tests {
         // fork server count as killed while they ran. The channel cannot be trusted
         // after it, so the server is ended (its workers die with it, by their
         // parent-death signal), and only then are they taken for dead.
-        let mut stand_in = Command::new("sleep").arg("600").spawn().unwrap();
+        let mut stand_in = stand_in();
         let (mut z, server) = played(stand_in.id());
         let server = serve(server, vec![vec![ZygoteReply::Forked { pid: 4242 }]]);
         let (_, worker) = z.fork(&spec(), WAIT).unwrap();
@@ -393,9 +421,8 @@ mod tests {
         send(server.as_raw_fd(), &[0xff; 40], MsgFlags::empty()).unwrap();
         z.collect_exits();
         let exit = z.take_exit(worker);
-        let server_ended = stand_in.try_wait().unwrap().is_some();
-        let _ = stand_in.kill();
-        let _ = stand_in.wait();
+        let server_ended = stand_in.ended();
+        drop(stand_in);
         assert!(
             exit.is_none() || server_ended,
             "its worker counts as dead ({exit:?}) while its fork server runs"
