@@ -197,3 +197,48 @@ fn short_tasks_sent_ahead_behind_a_surprise_long_task_are_taken_back() {
     assert_eq!(long.get_timeout(PATIENCE), Err(JobError::Terminated));
     assert_gone(&pids);
 }
+
+#[test]
+fn a_worker_flooding_stderr_stalls_neither_the_others_nor_cancels_nor_time_limits() {
+    // A worker writes to its captured stderr from several threads as fast as it can, for
+    // ever: reading that must not keep the supervisor from the other worker's replies,
+    // from a cancel, or from a time limit (issue 11, item 6). No timings are asserted:
+    // before reads of stderr were bounded, these waited until the flood ended (never,
+    // without a time limit).
+    //
+    // The forwarded lines are formatted (into a sink), as under any subscriber that
+    // shows them: the supervisor then reads more slowly than the flood writes, so its
+    // pipe is never found empty.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::sink)
+        .with_env_filter("procpool::worker_stderr=info")
+        .try_init();
+    let pool = Pool::builder()
+        .processes(2)
+        .capture_stderr(3)
+        .build()
+        .unwrap();
+    let flood = pool.apply_async(flood_stderr, ()).unwrap();
+    // Let the flood start before the other tasks go in.
+    std::thread::sleep(Duration::from_millis(200));
+    let quick: Vec<_> = (0..200u64)
+        .map(|i| pool.apply_async(square, i).unwrap())
+        .collect();
+    for (i, r) in quick.iter().enumerate() {
+        assert_eq!(
+            r.get_timeout(PATIENCE),
+            Ok((i * i) as u64),
+            "task {i} beside the flood"
+        );
+    }
+    assert!(!flood.ready(), "the flood has no end of its own");
+    assert!(flood.cancel());
+    assert_eq!(flood.get_timeout(PATIENCE), Err(JobError::Cancelled));
+
+    let limit = TaskOptions::default().timeout(Duration::from_millis(500));
+    let flood = pool.apply_async_with(flood_stderr, (), limit).unwrap();
+    assert_eq!(flood.get_timeout(PATIENCE), Err(JobError::Timeout));
+    assert!(eventually(|| pool.worker_pids().len() == 2));
+    assert_eq!(pool.apply(square, 5), Ok(25), "the pool still works");
+    close_and_check(pool);
+}

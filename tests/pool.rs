@@ -233,6 +233,114 @@ fn imap_reads_an_endless_input_lazily() {
     close_and_check(pool);
 }
 
+/// Inputs without end, as far as a pool can tell; reading past `guard` of them fails
+/// the test (in place of eating memory for ever).
+fn endless(guard: u64) -> impl Iterator<Item = u64> + Send + 'static {
+    (0u64..).inspect(move |&i| assert!(i < guard, "imap read {i} inputs and went on"))
+}
+
+/// Runs `f` on a thread of its own; its value, or a test failure if it has not
+/// returned within `PATIENCE` (a hang fails the test instead of hanging the suite).
+fn within_patience<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(PATIENCE)
+        .expect("the stream did not end within PATIENCE (or its thread panicked)")
+}
+
+#[test]
+fn imap_of_a_job_the_workers_lack_ends_with_the_error() {
+    // The pool-worker executable has no `add`: nothing can be submitted, and the
+    // stream ends with why after one chunk, instead of reading its input for ever.
+    let pool = Arc::new(pool_worker_pool(1));
+    let p = pool.clone();
+    let got = within_patience(move || {
+        let pairs = endless(100_000).map(|i| (i as i64, 1));
+        p.imap(add, pairs).chunksize(3).collect::<Vec<_>>()
+    });
+    assert_eq!(got.len(), 3, "{got:?}");
+    for r in got {
+        assert!(
+            matches!(&r, Err(JobError::UnknownJob { name, .. }) if name == "add"),
+            "{r:?}"
+        );
+    }
+    let got = within_patience({
+        let p = pool.clone();
+        move || {
+            p.imap_unordered(add, endless(100_000).map(|i| (i as i64, 1)))
+                .count()
+        }
+    });
+    assert_eq!(got, 1);
+    close_and_check(Arc::try_unwrap(pool).ok().unwrap());
+}
+
+#[test]
+fn imap_encoded_of_an_unknown_name_ends_with_the_error() {
+    let pool = Arc::new(pool(1));
+    for ordered in [true, false] {
+        let p = pool.clone();
+        let got = within_patience(move || {
+            let inputs = endless(100_000).map(|i| i.to_le_bytes().to_vec());
+            p.imap_encoded("no_such_job", procpool::Codec::Bincode, inputs, ordered)
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            matches!(&got[0], Err(JobError::UnknownJob { name, .. }) if name == "no_such_job"),
+            "{got:?}"
+        );
+    }
+    close_and_check(Arc::try_unwrap(pool).ok().unwrap());
+}
+
+#[test]
+fn imap_ends_with_the_error_when_another_thread_closes_the_pool() {
+    for ordered in [true, false] {
+        let pool = Arc::new(pool(2));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let p = pool.clone();
+        let stream = std::thread::spawn(move || {
+            within_patience(move || {
+                let inputs = endless(1_000_000).map(|_| 1);
+                let mut results = Vec::new();
+                let stream = if ordered {
+                    p.imap(sleep_ms, inputs)
+                } else {
+                    p.imap_unordered(sleep_ms, inputs)
+                };
+                for r in stream.max_in_flight(4) {
+                    if results.is_empty() {
+                        let _ = started_tx.send(());
+                    }
+                    results.push(r);
+                }
+                results
+            })
+        });
+        started_rx
+            .recv_timeout(PATIENCE)
+            .expect("the stream started");
+        pool.close();
+        let results = stream.join().expect("the stream's thread");
+        // Values for what was submitted before the close, then why the rest was not.
+        let values = results.iter().take_while(|r| r.is_ok()).count();
+        assert!(values >= 1, "{results:?}");
+        assert_eq!(
+            &results[values..],
+            &[Err(JobError::PoolClosed)],
+            "ordered {ordered}: {} values, then {:?}",
+            values,
+            &results[values..]
+        );
+        pool.join().unwrap();
+        close_and_check(Arc::try_unwrap(pool).ok().unwrap());
+    }
+}
+
 #[test]
 fn a_panicking_callback_does_not_stop_other_results() {
     let pool = pool(2);

@@ -24,6 +24,13 @@ pub(crate) type Decode<O> = fn(Delivery) -> Outcomes<O>;
 /// stays constant however long the input is (CPython's `imap` reads its whole input
 /// ahead: python/cpython#84291).
 ///
+/// If a submission fails for a reason that holds for the rest of the stream (the
+/// workers lack the job, the name given to `imap_encoded` is unknown, the pool was
+/// closed or terminated meanwhile), the stream ends: after the results of what was
+/// submitted before, each input of the chunk that failed yields the error, and nothing
+/// more is read. An input that fails alone (it does not encode, or is too large)
+/// yields its error in its place and the stream goes on.
+///
 /// ```no_run
 /// # #[procpool::job] fn square(x: u64) -> u64 { x * x }
 /// # fn main() -> Result<(), procpool::Error> {
@@ -54,6 +61,9 @@ pub struct Imap<'a, I, O> {
     next_part: usize,
     /// Results ready to yield, with their input positions.
     ready: VecDeque<(usize, Result<O, JobError>)>,
+    /// Why the stream ended early (a submission failed), as the results of the part
+    /// that failed: yielded last, once everything submitted before it is in.
+    ended: Option<(usize, Outcomes<O>)>,
 }
 
 impl<'a, I: 'a, O: Send + 'static> Imap<'a, I, O> {
@@ -82,6 +92,7 @@ impl<'a, I: 'a, O: Send + 'static> Imap<'a, I, O> {
             early: BTreeMap::new(),
             next_part: 0,
             ready: VecDeque::new(),
+            ended: None,
         }
     }
 
@@ -122,22 +133,37 @@ impl<'a, I: 'a, O: Send + 'static> Imap<'a, I, O> {
             let part = self.submitted;
             self.submitted += 1;
             let count = chunk.len();
-            let sink = self.sink.clone();
-            let sent = self
-                .spec
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|spec| {
-                    let arguments = (self.encode)(chunk)?;
-                    self.pool.task(spec, arguments, sink, part)
-                })
-                .and_then(|task| self.pool.submit(vec![task]));
-            match sent {
-                Ok(()) => self.in_flight += 1,
-                // These inputs will not run: each yields the reason, in its place.
-                Err(e) => self.accept(part, (0..count).map(|_| Err(e.clone())).collect()),
+            let failed = |e: JobError| (0..count).map(|_| Err(e.clone())).collect();
+            let spec = match &self.spec {
+                Ok(spec) => spec,
+                // Nothing of this stream can run (a job the workers lack, an unknown
+                // name): it ends with the reason, in place of this chunk.
+                Err(e) => {
+                    let results = failed(e.clone());
+                    return self.end_with(part, results);
+                }
+            };
+            let task = (self.encode)(chunk)
+                .and_then(|arguments| self.pool.task(spec, arguments, self.sink.clone(), part));
+            match task.map(|task| self.pool.submit(vec![task])) {
+                Ok(Ok(())) => self.in_flight += 1,
+                // The pool takes no more tasks (closed, terminated, broken): the
+                // stream ends with the reason, after what was submitted before.
+                Ok(Err(e)) => return self.end_with(part, failed(e)),
+                // Only these inputs cannot run (they do not encode, or are too large):
+                // each yields the reason, in its place. Nothing more is read until they
+                // are taken, so an input that fails throughout is not read ahead
+                // without bound.
+                Err(e) => return self.accept(part, failed(e)),
             }
         }
+    }
+
+    /// Ends the stream with part `part`, whose results are `results`: no more input is
+    /// read or submitted, and these come after every result submitted before.
+    fn end_with(&mut self, part: usize, results: Outcomes<O>) {
+        self.exhausted = true;
+        self.ended = Some((part, results));
     }
 
     /// Takes part `part`'s results: ready at once when unordered, else once every
@@ -171,7 +197,9 @@ impl<'a, I: 'a, O: Send + 'static> Imap<'a, I, O> {
                 return Some(r);
             }
             if self.in_flight == 0 {
-                return None;
+                let (part, results) = self.ended.take()?;
+                self.accept(part, results);
+                continue;
             }
             // Every submitted task resolves (the pool guarantees it, terminate
             // included), and `tx` lives in `self`, so this wait ends.

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use pool_worker::os::{self, ForkedWorker};
+use pool_worker::os::{self, ForkedWorker, Reaped};
 use pool_worker::protocol::{ENV_SUPERVISOR_PID, ENV_WORKER_FD};
 
 use crate::sys;
@@ -24,9 +24,21 @@ pub enum StartMethod {
     /// every job this program has. The child is a copy of a multithreaded process: it
     /// only serves jobs, and a job must not rely on locks or threads of the parent
     /// (what Python's `fork` method warns about too). Refuses `worker_executable`,
-    /// `worker_args` and `worker_env`, which need an exec. Under the libtest harness,
-    /// `print!`/`eprint!` in a forked worker go to the harness's per-thread capture,
-    /// not to the descriptors: write to `io::stdout()`/`io::stderr()` directly there.
+    /// `worker_args` and `worker_env`, which need an exec.
+    ///
+    /// What the pool does so that a worker does not wait for ever on a lock another
+    /// thread of the caller held at the fork: a panic in the worker is reported by
+    /// procpool's own panic hook (set in the caller before its first fork, handing the
+    /// caller's own panics to the hook that was there), which writes to descriptor 2
+    /// without std's locks and without a backtrace; and std's stderr lock is held
+    /// across the fork by the forking thread (waiting at most 1 s for it), so
+    /// `eprintln!` works in the worker. Not covered: std's stdout lock (a `println!`
+    /// in the worker waits for ever if another thread was inside one at the fork),
+    /// a panic hook set after the pool starts (it replaces procpool's), and any lock
+    /// of the program's own. Where that matters, use [`ForkServer`](Self::ForkServer).
+    /// Under the libtest harness, `print!`/`eprint!` in a forked worker go to the
+    /// harness's per-thread capture, not to the descriptors: write to
+    /// `io::stdout()`/`io::stderr()` directly there.
     Fork,
     /// Execute the worker program once as a fork server, which forks each worker: as
     /// fast to start as `Fork`, but the workers are copies of a fresh single-purpose
@@ -96,10 +108,8 @@ fn fork(spec: &LaunchSpec) -> io::Result<Launched> {
         address_space: spec.address_space,
         parent: std::process::id() as i32,
     };
-    let Some(pid) = os::fork()? else {
-        // The child: a copy of this multithreaded process, on the supervisor thread.
-        os::become_forked_worker(&worker)
-    };
+    // `theirs` and the pipe stay open until the fork is done.
+    let pid = crate::forker::fork_worker(&worker)?;
     Ok(Launched {
         pid,
         stream: ours,
@@ -139,6 +149,32 @@ pub(crate) fn spawn(
     // From here the supervisor handles the process by pid: it alone reaps it (wait4,
     // for the resource usage), and dropping `Child` neither waits nor kills.
     Ok((child.id(), child.stderr.take().map(OwnedFd::from)))
+}
+
+/// Reaps worker `pid` (a child of this process) if it has ended.
+///
+/// ECHILD means that someone else reaped it: the kernel itself when SIGCHLD is
+/// ignored (SIG_IGN or SA_NOCLDWAIT), or a `waitpid(-1)` elsewhere in the program. The
+/// worker has ended all the same, and its pid may already be another process's: it
+/// is reported as ended with an unknown status (`EXIT_UNKNOWN`: CPython's subprocess
+/// says 0, bpo-15756, but a lost task's error should not claim a clean exit), and must
+/// never be signalled by pid again.
+pub(crate) fn reap_worker(pid: u32) -> io::Result<Option<Reaped>> {
+    match os::reap(Some(pid), false) {
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+            tracing::warn!(
+                pid,
+                "a worker was reaped by someone else (is SIGCHLD ignored?); its exit \
+                 status is lost"
+            );
+            Ok(Some(Reaped {
+                pid,
+                exitcode: crate::error::EXIT_UNKNOWN,
+                peak_rss: 0,
+            }))
+        }
+        reaped => reaped,
+    }
 }
 
 /// The number of OOM kills in this process's memory cgroup so far: cgroup v2's

@@ -35,6 +35,7 @@
 mod completion;
 mod conn;
 mod error;
+mod forker;
 mod imap;
 mod inflight;
 mod launch;

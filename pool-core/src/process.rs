@@ -2,7 +2,8 @@
 //! `multiprocessing.Process`.
 //!
 //! A keeper thread per process starts it (so the parent-death signal is tied to a
-//! thread that lives exactly as long as the child), talks the worker protocol with it
+//! thread that lives exactly as long as the child; a `Fork` child is forked by the
+//! forker thread, which lives as long as the program), talks the worker protocol with it
 //! (hello, one `RunBatch`, then `Exit` with a status that says whether the job
 //! succeeded), and reaps it. It waits for the exit without reaping first (`waitid`
 //! with `WNOWAIT`) and reaps under the same lock that `terminate`/`kill` signal under,
@@ -229,6 +230,10 @@ struct State {
     reply: Option<Value>,
     /// `terminate` or `kill` was called before the end.
     stopped: bool,
+    /// A descriptor of the process, to signal it by: with SIGCHLD ignored the kernel
+    /// reaps it the moment it ends, before `exitcode` is set, and its pid may be
+    /// another process's by the time a signal is sent.
+    pidfd: Option<std::os::fd::OwnedFd>,
 }
 
 impl Inner {
@@ -323,7 +328,7 @@ impl<T> Process<T> {
         // still this process (or its zombie), never a recycled one.
         if state.exitcode.is_none() {
             state.stopped = true;
-            sys::signal(self.pid, signal);
+            sys::signal_process(self.pid, state.pidfd.as_ref(), signal);
         }
     }
 }
@@ -396,6 +401,7 @@ impl Keeper {
         };
         let pid = launched.pid;
         tracing::Span::current().record("pid", pid);
+        self.inner.state().pidfd = sys::pidfd_open(pid);
         let _ = started.send(Ok(pid));
         let reply = self.converse(launched.stream, pid, batch);
         self.inner.state().reply = reply;
@@ -409,12 +415,15 @@ impl Keeper {
         let reaped = pool_worker::os::reap(Some(pid), true);
         let (exitcode, peak_rss) = match reaped {
             Ok(Some(r)) => (r.exitcode, Some(r.peak_rss)),
-            // Not ours to reap any more (cannot happen: this thread alone reaps it).
-            _ => (-(libc::SIGKILL), None),
+            // Reaped by someone else (SIGCHLD ignored: the kernel reaps it; or a
+            // `waitpid(-1)` elsewhere): it ended, with a status lost; 0, as CPython's
+            // subprocess says then.
+            _ => (0, None),
         };
         tracing::debug!(exitcode, "process ended");
         state.exitcode = Some(exitcode);
         state.peak_rss = peak_rss;
+        state.pidfd = None;
         drop(state);
         self.inner.changed.notify_all();
     }
@@ -514,9 +523,10 @@ impl Keeper {
     }
 
     /// Kills a process that broke the protocol or never announced itself (this thread
-    /// has not reaped it yet, so the pid is still its own).
+    /// has not reaped it yet, so the pid is still its own, or its pidfd is used).
     fn abandon(&self, pid: u32) {
-        sys::signal(pid, Signal::SIGKILL);
+        let state = self.inner.state();
+        sys::signal_process(pid, state.pidfd.as_ref(), Signal::SIGKILL);
     }
 }
 

@@ -292,6 +292,7 @@ enum State<T> {
     Completing {
         late: Vec<Callback<T>>,
         waker: Option<Waker>,
+        ok: bool,
     },
     Ready(Result<T, JobError>),
     Taken {
@@ -305,6 +306,36 @@ pub(crate) struct Slot<T> {
     done: Condvar,
     /// Set with the result, for waiters that look before they sleep.
     ready: AtomicBool,
+    /// Set once its task has resolved (its callbacks may still be to run).
+    resolved: AtomicBool,
+    /// Waiters on several results at once (`wait`, `as_completed`), told when this one
+    /// resolves (before its callbacks run: a callback may wait for others). Unlike a
+    /// callback, each leaves when it stops waiting ([`Watch`]), so repeated waits on a
+    /// long task add nothing.
+    watchers: Mutex<Watchers>,
+}
+
+#[derive(Default)]
+struct Watchers {
+    next: u64,
+    /// (watch id, where to say so, what to say: the result's index for its waiter).
+    list: Vec<(u64, crossbeam_channel::Sender<usize>, usize)>,
+}
+
+/// One waiter's registration on a slot: it is told (its index is sent) once the slot
+/// is ready, and removed when this drops.
+pub(crate) struct Watch<T> {
+    slot: Arc<Slot<T>>,
+    id: u64,
+}
+
+impl<T> Drop for Watch<T> {
+    fn drop(&mut self) {
+        self.slot
+            .watchers()
+            .list
+            .retain(|(id, _, _)| *id != self.id);
+    }
 }
 
 impl<T> Slot<T> {
@@ -316,6 +347,8 @@ impl<T> Slot<T> {
             }),
             done: Condvar::new(),
             ready: AtomicBool::new(false),
+            resolved: AtomicBool::new(false),
+            watchers: Mutex::new(Watchers::default()),
         })
     }
 
@@ -323,6 +356,34 @@ impl<T> Slot<T> {
         // A callback panicking never holds this lock, so poisoning can only come from a
         // bug here; the state itself is always consistent, so keep going.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn watchers(&self) -> MutexGuard<'_, Watchers> {
+        // No user code runs under this lock.
+        self.watchers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `index` down `tx` once this slot has resolved (at once if it has), until
+    /// the returned [`Watch`] drops.
+    pub(crate) fn watch(
+        self: &Arc<Self>,
+        tx: &crossbeam_channel::Sender<usize>,
+        index: usize,
+    ) -> Watch<T> {
+        let mut watchers = self.watchers();
+        let id = watchers.next;
+        watchers.next += 1;
+        // Under the watchers' lock, which `resolve` takes after setting `resolved`:
+        // either this sees it set, or `resolve` sees this watcher.
+        if self.resolved.load(Ordering::Acquire) {
+            let _ = tx.send(index);
+        } else {
+            watchers.list.push((id, tx.clone(), index));
+        }
+        Watch {
+            slot: self.clone(),
+            id,
+        }
     }
 
     /// Completes the slot once; a second completion is a bug upstream and is ignored.
@@ -344,6 +405,7 @@ impl<T> Slot<T> {
             *state = State::Ready(result);
             drop(state);
             self.mark_ready(waker);
+            self.resolve();
             return;
         }
         let (callbacks, waker) = (std::mem::take(callbacks), waker.take());
@@ -355,10 +417,20 @@ impl<T> Slot<T> {
         drop(state);
         // Waiters may run the callbacks themselves rather than wait for their thread.
         self.done.notify_all();
+        self.resolve();
         let slot = self.clone();
         let work: crate::completion::CallbackWork = Box::new(move || slot.run_deferred());
         if let Some(work) = crate::completion::defer_callbacks(work) {
             work();
+        }
+    }
+
+    /// Tells the watchers that the task resolved.
+    fn resolve(&self) {
+        let mut watchers = self.watchers();
+        self.resolved.store(true, Ordering::Release);
+        for (_, tx, index) in std::mem::take(&mut watchers.list) {
+            let _ = tx.send(index);
         }
     }
 
@@ -386,13 +458,15 @@ impl<T> Slot<T> {
             State::Completing {
                 late: Vec::new(),
                 waker: None,
+                ok: false,
             },
         )
         else {
             return;
         };
-        if let State::Completing { waker: w, .. } = &mut *state {
+        if let State::Completing { waker: w, ok, .. } = &mut *state {
             *w = waker;
+            *ok = result.is_ok();
         }
         drop(state);
         loop {
@@ -447,6 +521,17 @@ impl<T> Slot<T> {
                 tracing::warn!(ok, "callback added after the result was taken; not run");
             }
         }
+    }
+
+    /// How many callbacks and watchers wait on this slot (for tests of leaks).
+    #[cfg(test)]
+    pub(crate) fn registrations(&self) -> usize {
+        let callbacks = match &*self.lock() {
+            State::Pending { callbacks, .. } | State::Deferred { callbacks, .. } => callbacks.len(),
+            State::Completing { late, .. } => late.len(),
+            _ => 0,
+        };
+        callbacks + self.watchers().list.len()
     }
 
     fn is_ready(state: &State<T>) -> bool {
@@ -631,17 +716,18 @@ impl<T: Send + 'static> AsyncResult<T> {
         self.slot.wait_until(Instant::now().checked_add(timeout)).1
     }
 
-    /// Whether the task has resolved.
+    /// Whether the task has resolved: its outcome is in, and [`get`](Self::get) waits
+    /// for no worker (it may first run the result's callbacks, or wait for them).
     pub fn ready(&self) -> bool {
-        Slot::is_ready(&self.slot.lock())
+        self.successful().is_some()
     }
 
     /// `None` while pending; then whether the task produced a value.
     pub fn successful(&self) -> Option<bool> {
         match &*self.slot.lock() {
-            State::Ready(r) => Some(r.is_ok()),
-            State::Taken { ok } => Some(*ok),
-            _ => None,
+            State::Pending { .. } => None,
+            State::Deferred { result, .. } | State::Ready(result) => Some(result.is_ok()),
+            State::Completing { ok, .. } | State::Taken { ok } => Some(*ok),
         }
     }
 
@@ -652,6 +738,11 @@ impl<T: Send + 'static> AsyncResult<T> {
     /// nothing else.
     pub fn on_complete(&self, callback: impl FnOnce(&Result<T, JobError>) + Send + 'static) {
         self.slot.on_complete(Box::new(callback));
+    }
+
+    /// Sends `index` down `tx` once the task resolves, until the watch drops.
+    pub(crate) fn watch(&self, tx: &crossbeam_channel::Sender<usize>, index: usize) -> Watch<T> {
+        self.slot.watch(tx, index)
     }
 }
 

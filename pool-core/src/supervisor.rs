@@ -31,15 +31,15 @@ use pool_worker::slots::Slots;
 use crate::TaskOptions;
 use crate::completion::Completions;
 use crate::conn::{Conn, ReadEnd};
-use crate::error::{EXIT_UNKNOWN, Error, JobError, LostCause, describe_exitcode};
+use crate::error::{Error, JobError, LostCause, describe_exitcode};
 use crate::inflight::{Answered, Cancelled, Ledger};
 use crate::launch;
 use crate::launch::StartMethod;
 use crate::pool::{Accepting, Config, JobTable, Regions, Shared};
 use crate::result::{Delivery, Sink, reply_delivery, shared_outcomes};
-use crate::stderr::StderrTap;
+use crate::stderr::{DRAIN_BUDGET, Drained, StderrTap};
 use crate::sys;
-use crate::zygote::Zygote;
+use crate::zygote::{Zygote, ZygoteChild};
 use pool_worker::os::{self, Reaped};
 
 /// The waker's token. Worker `n` has token `2n` for its stream and `2n + 1` for its
@@ -152,9 +152,12 @@ struct Worker {
     stderr: Option<StderrTap>,
     /// The cgroup's OOM-kill count when it started.
     oom_kills_at_start: Option<u64>,
-    /// The pid of the fork server that forked it (which reaps and signals it), if one
-    /// did. A worker of a fork server that has died or been replaced died with it.
-    zygote: Option<u32>,
+    /// Which fork server forked it (which reaps and signals it), if one did. A worker
+    /// of a fork server that has died or been replaced died with it.
+    zygote: Option<ZygoteChild>,
+    /// A descriptor of the process (not for a fork server's workers, which only their
+    /// server signals): signals through it never reach a reused pid.
+    pidfd: Option<std::os::fd::OwnedFd>,
 }
 
 impl Worker {
@@ -214,6 +217,9 @@ pub(crate) struct Supervisor {
     dead_zygotes: Vec<u32>,
     /// Where resolved tasks go: the result handler.
     completions: Completions,
+    /// Workers whose stderr had more to read when its drain's budget ran out: drained
+    /// again next turn (the pipe is edge-triggered, so no new event comes for it).
+    stderr_more: Vec<Token>,
 }
 
 impl Supervisor {
@@ -245,6 +251,7 @@ impl Supervisor {
             zygote: None,
             dead_zygotes: Vec::new(),
             completions,
+            stderr_more: Vec::new(),
         }
     }
 
@@ -252,7 +259,12 @@ impl Supervisor {
         let mut events = Events::with_capacity(64);
         self.replenish();
         while !self.finished() {
-            if let Err(e) = self.poll.poll(&mut events, Some(self.next_wakeup())) {
+            let wait = if self.stderr_more.is_empty() {
+                self.next_wakeup()
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -277,6 +289,9 @@ impl Supervisor {
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
                     self.read(token);
                 }
+            }
+            for token in std::mem::take(&mut self.stderr_more) {
+                self.read_stderr(token);
             }
             self.tend();
             self.revoke_waiting();
@@ -435,7 +450,7 @@ impl Supervisor {
 
     fn spawn(&mut self) -> io::Result<()> {
         let (slots, slots_fd) = Slots::create()?;
-        let mut zygote_pid = None;
+        let mut zygote_child = None;
         let mut launched = if self.config.launch.method == StartMethod::ForkServer {
             let zygote = match &mut self.zygote {
                 Some(z) if z.is_alive() => z,
@@ -446,8 +461,9 @@ impl Supervisor {
                     self.zygote.insert(Zygote::start(&self.config.launch)?)
                 }
             };
-            zygote_pid = Some(zygote.pid);
-            zygote.fork(&self.config.launch, self.config.start_timeout)?
+            let (launched, child) = zygote.fork(&self.config.launch, self.config.start_timeout)?;
+            zygote_child = Some(child);
+            launched
         } else {
             launch::launch(&self.config.launch)?
         };
@@ -494,7 +510,11 @@ impl Supervisor {
                 span,
                 stderr,
                 oom_kills_at_start: launch::cgroup_oom_kills(),
-                zygote: zygote_pid,
+                zygote: zygote_child,
+                pidfd: zygote_child
+                    .is_none()
+                    .then(|| sys::pidfd_open(pid))
+                    .flatten(),
             },
         );
         self.publish_pids();
@@ -672,9 +692,18 @@ impl Supervisor {
             return;
         };
         let pid = w.pid;
-        if w.stderr.as_mut().is_some_and(|tap| tap.drain(pid)) {
+        let Some(tap) = w.stderr.as_mut() else {
+            return;
+        };
+        match tap.drain(pid, DRAIN_BUDGET) {
+            Drained::Empty => {}
+            Drained::More => {
+                if !self.stderr_more.contains(&token) {
+                    self.stderr_more.push(token);
+                }
+            }
             // At its end: stop watching, but keep the tail for the worker's exit.
-            if let Some(tap) = w.stderr.as_mut() {
+            Drained::Ended => {
                 let _ = self.poll.registry().deregister(&mut tap.pipe);
             }
         }
@@ -857,8 +886,8 @@ impl Supervisor {
             return;
         };
         match (w.zygote, &self.zygote) {
-            (None, _) => sys::signal(w.pid, signal),
-            (Some(server), Some(z)) if z.pid == server => z.signal(w.pid, signal),
+            (None, _) => sys::signal_process(w.pid, w.pidfd.as_ref(), signal),
+            (Some(child), Some(z)) if z.forked(child) => z.signal(child, signal),
             _ => {} // its fork server is gone, and it died with it
         }
     }
@@ -931,9 +960,9 @@ impl Supervisor {
                 continue;
             };
             let reaped = match (w.zygote, &mut self.zygote) {
-                (None, _) => os::reap(Some(w.pid), false),
+                (None, _) => launch::reap_worker(w.pid),
                 // Its fork server reaps it and reports the exit.
-                (Some(server), Some(z)) if z.pid == server => Ok(z.take_exit(w.pid)),
+                (Some(child), Some(z)) if z.forked(child) => Ok(z.take_exit(child)),
                 // Its fork server is gone: it died with it, by its parent-death signal.
                 (Some(_), _) => Ok(Some(Reaped {
                     pid: w.pid,
@@ -967,20 +996,6 @@ impl Supervisor {
                     }
                     _ => {}
                 },
-                // Reaped by someone else: the kernel, when the program ignores SIGCHLD.
-                // Its status is lost, but it is gone.
-                Err(e) if e.raw_os_error() == Some(nix::libc::ECHILD) => {
-                    let pid = w.pid;
-                    self.read(token);
-                    self.on_exit(
-                        token,
-                        Reaped {
-                            pid,
-                            exitcode: EXIT_UNKNOWN,
-                            peak_rss: 0,
-                        },
-                    );
-                }
                 Err(e) => {
                     tracing::error!(pid = w.pid, error = %e, "cannot wait for worker");
                     let message = e.to_string();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::error::JobError;
-use crate::result::AsyncResult;
+use crate::result::{AsyncResult, Watch};
 
 /// When [`wait`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,14 +38,13 @@ pub fn wait<T: Send + 'static>(
     timeout: Option<Duration>,
 ) -> (Vec<usize>, Vec<usize>) {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    let (tx, rx) = crossbeam_channel::unbounded::<()>();
-    for r in results {
-        let tx = tx.clone();
-        // Fires at once for a result that is already ready.
-        r.on_complete(move |_| {
-            let _ = tx.send(());
-        });
-    }
+    let (tx, rx) = crossbeam_channel::unbounded::<usize>();
+    // Told at once for a result that is already ready; each leaves when this returns.
+    let _watches: Vec<_> = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.watch(&tx, i))
+        .collect();
     drop(tx);
     loop {
         let satisfied = match until {
@@ -85,16 +84,16 @@ pub fn wait<T: Send + 'static>(
 /// ```
 pub fn as_completed<T: Send + 'static>(results: Vec<AsyncResult<T>>) -> AsCompleted<T> {
     let (tx, rx) = crossbeam_channel::unbounded();
-    for (i, r) in results.iter().enumerate() {
-        let tx = tx.clone();
-        r.on_complete(move |_| {
-            let _ = tx.send(i);
-        });
-    }
+    let watches = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.watch(&tx, i))
+        .collect();
     AsCompleted {
         remaining: results.len(),
         results: results.into_iter().map(Some).collect(),
         rx,
+        _watches: watches,
     }
 }
 
@@ -103,6 +102,8 @@ pub struct AsCompleted<T> {
     results: Vec<Option<AsyncResult<T>>>,
     rx: Receiver<usize>,
     remaining: usize,
+    /// Its registrations on the results, removed when it drops.
+    _watches: Vec<Watch<T>>,
 }
 
 impl<T: Send + 'static> Iterator for AsCompleted<T> {
@@ -117,5 +118,66 @@ impl<T: Send + 'static> Iterator for AsCompleted<T> {
         let result = self.results.get_mut(i)?.take()?;
         self.remaining -= 1;
         Some((i, result.get()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::result::Slot;
+
+    fn pending() -> (Arc<Slot<u32>>, AsyncResult<u32>) {
+        let slot = Slot::new();
+        (slot.clone(), AsyncResult::new(slot, None))
+    }
+
+    #[test]
+    fn a_wait_that_times_out_leaves_nothing_registered() {
+        // Issue 11, item 11: each wait on a pending result left a callback behind,
+        // freed only when the result completed.
+        let (slot, result) = pending();
+        let results = [result];
+        for _ in 0..10_000 {
+            let (done, pending) = wait(&results, WaitFor::FirstCompleted, Some(Duration::ZERO));
+            assert!(done.is_empty() && pending == [0]);
+        }
+        assert_eq!(slot.registrations(), 0);
+    }
+
+    #[test]
+    fn a_dropped_as_completed_leaves_nothing_registered() {
+        let (slot, result) = pending();
+        drop(as_completed(vec![result]));
+        assert_eq!(slot.registrations(), 0);
+    }
+
+    #[test]
+    fn wait_wakes_when_a_result_completes_meanwhile() {
+        let (slot_a, a) = pending();
+        let (_slot_b, b) = pending();
+        let results = [a, b];
+        let completer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            slot_a.complete(Ok(7));
+        });
+        let (done, pending) = wait(&results, WaitFor::FirstCompleted, None);
+        assert_eq!((done, pending), (vec![0], vec![1]));
+        completer.join().unwrap();
+        let (done, _) = wait(&results, WaitFor::All, Some(Duration::from_millis(10)));
+        assert_eq!(done, [0]);
+    }
+
+    #[test]
+    fn as_completed_yields_in_completion_order() {
+        let (slot_a, a) = pending();
+        let (slot_b, b) = pending();
+        let mut stream = as_completed(vec![a, b]);
+        slot_b.complete(Ok(2));
+        assert_eq!(stream.next(), Some((1, Ok(2))));
+        slot_a.complete(Ok(1));
+        assert_eq!(stream.next(), Some((0, Ok(1))));
+        assert_eq!(stream.next(), None);
     }
 }

@@ -33,6 +33,7 @@
 mod bounded;
 mod codec;
 mod job;
+mod panic_hook;
 pub mod payload;
 pub mod protocol;
 mod serve;
@@ -48,6 +49,7 @@ pub use serve::{launched_as_worker, missing_init, serve_if_worker};
 /// Process plumbing shared by the supervisor and the fork server: forking a worker,
 /// reaping children with their resource usage. Not part of the job API.
 pub mod os {
+    pub use crate::panic_hook::install as prepare_fork;
     pub use crate::sys::{ForkedWorker, Reaped, SharedMemory, become_forked_worker, fork, reap};
     pub use crate::zygote::{recv as recv_datagram, send as send_datagram};
 }

@@ -64,6 +64,12 @@ pub(crate) fn serve_forked(fd: RawFd) -> ! {
     leave(exit_code(served))
 }
 
+/// Whether this process is a worker forked from its supervisor or a fork server (no
+/// exec): a copy of another process, whose locks it must not rely on.
+pub(crate) fn forked() -> bool {
+    FORKED.load(Ordering::SeqCst)
+}
+
 /// Ends the worker process. A forked worker is a copy of a multithreaded supervisor:
 /// `exit` would run handlers that may wait on locks other threads held at the fork.
 fn leave(code: i32) -> ! {
@@ -87,8 +93,14 @@ fn exit_code(served: Result<(), ProtocolError>) -> i32 {
             0
         }
         Err(e) => {
-            // A worker has no channel left to report on: stderr is all there is.
-            eprintln!("procpool worker {}: {e}", std::process::id());
+            // A worker has no channel left to report on: stderr is all there is; a
+            // forked one writes it itself (std's stderr lock may be held for ever).
+            let message = format!("procpool worker {}: {e}\n", std::process::id());
+            if forked() {
+                sys::write_stderr(message.as_bytes());
+            } else {
+                eprint!("{message}");
+            }
             2
         }
     }

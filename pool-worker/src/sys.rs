@@ -55,6 +55,32 @@ pub(crate) fn ignore_sigint() {
     let _ = unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) };
 }
 
+/// Restores SIGCHLD's default action (and clears SA_NOCLDWAIT) in the fork server: an
+/// ignored SIGCHLD is inherited through exec, and with it the kernel would reap the
+/// workers itself, so their exits could not be reported.
+pub(crate) fn default_sigchld() {
+    // SAFETY: installing SIG_DFL involves no handler code, so no async-signal-safety
+    // requirement applies, and it does not race with any handler of ours.
+    let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
+}
+
+/// Writes `bytes` to descriptor 2 with write(2) itself: no lock of std's stderr,
+/// which a forked worker may have inherited held. Errors are dropped (there is nowhere
+/// left to report them).
+pub(crate) fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a live slice of `bytes.len()` bytes.
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        } else {
+            return;
+        }
+    }
+}
+
 /// Ends the process at once, running no exit handlers and flushing nothing.
 pub(crate) fn exit_immediately(code: i32) -> ! {
     // SAFETY: _exit takes no pointers and never returns; skipping exit handlers is the
@@ -63,6 +89,7 @@ pub(crate) fn exit_immediately(code: i32) -> ! {
 }
 
 /// How a process just forked from a supervisor or zygote becomes a worker.
+#[derive(Clone, Copy, Debug)]
 pub struct ForkedWorker {
     /// Its end of its stream to the supervisor.
     pub stream: RawFd,
@@ -84,8 +111,12 @@ pub struct ForkedWorker {
 /// stream to descriptor 3 and closes every other one above stderr (so it holds no other
 /// worker's stream, nor the parent's poller or control socket), points stdin (and stdout
 /// if asked) at /dev/null, routes stderr to the capture pipe if any, ignores SIGINT and
-/// applies the address-space cap. The serve loop allocates after that; glibc's malloc is
-/// fork-safe, and the loop takes no lock another thread of the parent could have held.
+/// applies the address-space cap. The serve loop allocates after that (glibc's malloc is
+/// fork-safe) and takes no lock of std's that another thread of the parent could have
+/// held: a panic is reported by this crate's own hook, which the parent set before
+/// forking (`prepare_fork`), and std's stderr lock was held across the fork by the
+/// forking thread, so the child has it free. What a job itself locks (std's stdout lock
+/// included) is the job's business: see `StartMethod::Fork`.
 pub fn become_forked_worker(w: &ForkedWorker) -> ! {
     // SAFETY: each call is an async-signal-safe system call on descriptors and settings
     // of this (child) process only; nothing here allocates or takes a lock.
@@ -116,7 +147,7 @@ pub fn become_forked_worker(w: &ForkedWorker) -> ! {
         if let Some(e) = stderr {
             libc::dup2(e, 2);
         }
-        if libc::dup2(stream, 3) != 3 || libc::close_range(4, libc::c_uint::MAX, 0) != 0 {
+        if libc::dup2(stream, 3) != 3 || !close_from(4) {
             fail();
         }
         libc::signal(libc::SIGINT, libc::SIG_IGN);
@@ -129,6 +160,112 @@ pub fn become_forked_worker(w: &ForkedWorker) -> ! {
         }
     }
     crate::serve::serve_forked(3)
+}
+
+/// Closes every descriptor numbered `lowest` or above; whether it could. Only system
+/// calls, into a buffer on the stack: sound between fork and exec, and in a forked
+/// child of a multithreaded process.
+///
+/// `close_range` needs Linux 5.9; before it, the descriptors listed in
+/// `/proc/self/fd` are closed (as CPython's `_posixsubprocess` does), and without
+/// `/proc` every number up to the descriptor limit.
+pub(crate) fn close_from(lowest: libc::c_int) -> bool {
+    // SAFETY: close_range takes three integers and touches no memory of ours.
+    let closed = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            lowest as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    };
+    closed == 0 || close_listed(lowest) || close_counting(lowest)
+}
+
+/// [`close_from`] by the entries of `/proc/self/fd`; false if it cannot be read.
+fn close_listed(lowest: libc::c_int) -> bool {
+    // SAFETY: a C string literal and flags; a new descriptor or -1.
+    let dir = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        return false;
+    }
+    // linux_dirent64 records, 8-aligned: d_ino (8), d_off (8), d_reclen (2),
+    // d_type (1), then the name, NUL-terminated.
+    let mut buf = [0u64; 256];
+    let mut complete = true;
+    loop {
+        // SAFETY: getdents64 writes at most the buffer's size into it.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir,
+                buf.as_mut_ptr(),
+                std::mem::size_of_val(&buf),
+            )
+        };
+        if n == 0 {
+            break;
+        }
+        if n < 0 {
+            complete = false;
+            break;
+        }
+        // SAFETY: the kernel filled the first `n` bytes of `buf`; they are read as
+        // bytes only.
+        let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
+        let mut at = 0;
+        while at + 19 < bytes.len() {
+            let reclen = u16::from_ne_bytes([bytes[at + 16], bytes[at + 17]]) as usize;
+            if reclen == 0 || at + reclen > bytes.len() {
+                break;
+            }
+            let name = &bytes[at + 19..at + reclen];
+            // The name's digits, up to its NUL; "." and ".." are no number.
+            let mut fd: libc::c_int = 0;
+            let mut digits = 0;
+            for &b in name.iter().take_while(|&&b| b != 0) {
+                if !b.is_ascii_digit() || digits > 9 {
+                    digits = 0;
+                    break;
+                }
+                fd = fd * 10 + libc::c_int::from(b - b'0');
+                digits += 1;
+            }
+            if digits > 0 && fd >= lowest && fd != dir {
+                // SAFETY: closing a descriptor of this process; the kernel keeps the
+                // directory's listing consistent while entries go.
+                unsafe { libc::close(fd) };
+            }
+            at += reclen;
+        }
+    }
+    // SAFETY: our own descriptor, opened above.
+    unsafe { libc::close(dir) };
+    complete
+}
+
+/// [`close_from`] by every number below the descriptor limit.
+fn close_counting(lowest: libc::c_int) -> bool {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct passed, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return false;
+    }
+    // No descriptor is numbered at or above the soft limit; bounded all the same.
+    let end = limit.rlim_cur.min(1 << 20) as libc::c_int;
+    for fd in lowest..end {
+        // SAFETY: closing a number that may or may not be open: EBADF at worst.
+        unsafe { libc::close(fd) };
+    }
+    true
 }
 
 /// Forks this process; `Ok(None)` in the child, `Ok(Some(pid))` in the parent. The child
@@ -465,5 +602,40 @@ impl SharedPage {
         // SAFETY: in bounds (asserted) and 8-aligned (page-aligned base); the mapping
         // lives as long as `self`; every access, in both processes, is atomic.
         unsafe { std::sync::atomic::AtomicU64::from_ptr(self.0.as_ptr().cast::<u64>().add(i)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In a forked child, opens descriptors up high, runs `close`, and exits 0 if
+    /// every descriptor from 4 up to 1024 is closed after it.
+    fn closes_all_from_4(close: fn(libc::c_int) -> bool) {
+        // SAFETY: the child only makes system calls (the functions under test make
+        // only those too) and leaves with _exit.
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                for at in [4, 9, 100, 1000] {
+                    libc::fcntl(2, libc::F_DUPFD, at);
+                }
+                let ok = close(4) && (4..1024).all(|fd| libc::fcntl(fd, libc::F_GETFD) == -1);
+                let open_low = (0..3).all(|fd| libc::fcntl(fd, libc::F_GETFD) != -1);
+                libc::_exit(if ok && open_low { 0 } else { 1 })
+            },
+            -1 => panic!("fork failed"),
+            pid => {
+                let reaped = reap(Some(pid as u32), true).unwrap().unwrap();
+                assert_eq!(reaped.exitcode, 0, "descriptors were left open");
+            }
+        }
+    }
+
+    #[test]
+    fn descriptors_are_closed_without_close_range() {
+        // Linux before 5.9 has no close_range: the fallbacks must do its work.
+        closes_all_from_4(close_listed);
+        closes_all_from_4(close_counting);
+        closes_all_from_4(close_from);
     }
 }

@@ -37,6 +37,7 @@ pub(crate) fn run(fd: &str) -> i32 {
     };
     let fd = control.as_raw_fd();
     sys::ignore_sigint();
+    sys::default_sigchld();
     // Each child with a pidfd, so its exit wakes the loop at once; without pidfds (old
     // kernels) the loop looks for exits every 20 ms.
     let mut children: HashMap<u32, Option<OwnedFd>> = HashMap::new();
@@ -145,7 +146,7 @@ fn fork_one(
         address_space,
         parent: std::process::id() as i32,
     };
-    let _ = control; // closed in the child by close_range
+    let _ = control; // closed in the child by sys::close_from
     match sys::fork() {
         Ok(None) => sys::become_forked_worker(&worker),
         Ok(Some(pid)) => {

@@ -287,3 +287,36 @@ impl<'de> Deserialize<'de> for Bomb {
 pub fn bomb(x: u64) -> Bomb {
     Bomb(x)
 }
+
+/// Floods stderr with very short lines (the most work per byte for whoever reads
+/// them) from several threads, so that the pipe is never empty, without end (until its
+/// worker is killed).
+#[job]
+pub fn flood_stderr() {
+    fn flood() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        // Descriptor 2 itself, unlocked: the threads must not take turns.
+        let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+            return;
+        };
+        let mut err = std::fs::File::from(fd);
+        let burst = b"x\n".repeat(2048);
+        loop {
+            let _ = err.write_all(&burst);
+        }
+    }
+    for _ in 0..7 {
+        std::thread::spawn(flood);
+    }
+    flood()
+}
+
+/// Writes a line to stderr and one to stdout with `eprintln!` and `println!` (std's
+/// locks, as most jobs print), then returns its argument.
+#[job]
+pub fn chatty(x: u64) -> u64 {
+    eprintln!("chatty job says {x}");
+    println!("chatty job says {x}");
+    x
+}

@@ -39,6 +39,8 @@ pub(crate) const END: usize = HOLDS_AT + MAX_HOLDS * SLOT_BYTES;
 pub(crate) const PEER_TICK: Duration = Duration::from_millis(50);
 /// How long releasing an in-flight hold waits for the region's lock.
 const HOLD_RELEASE_WAIT: Duration = Duration::from_millis(100);
+/// How long dropping a handle waits for the region's lock.
+const LEAVE_WAIT: Duration = Duration::from_secs(1);
 
 /// Who is on the other side of a wait.
 #[derive(Clone, Copy)]
@@ -95,9 +97,18 @@ fn register(map: &Mapping, end: u32, hold: u32) -> Result<(), SyncError> {
     Ok(())
 }
 
-/// Counts one handle of `end` in this process less.
+/// Counts one handle of `end` in this process less, if the region's lock comes within
+/// [`LEAVE_WAIT`]. A live peer that stopped (SIGSTOP) holding it is never taken over;
+/// then this handle stays counted until this process ends (peers see it as alive
+/// meanwhile), rather than the drop waiting as long as the peer is stopped.
 fn deregister(map: &Mapping, end: u32) {
-    let _held = map.lock();
+    let Some(_held) = map.lock_until(Instant::now() + LEAVE_WAIT) else {
+        tracing::warn!(
+            end,
+            "a region's lock stayed held (a stopped peer?); this handle stays counted"
+        );
+        return;
+    };
     let me = std::process::id();
     for i in 0..MAX_HOLDERS {
         let (pid, e, count) = slot(map, i);
@@ -298,4 +309,38 @@ pub(crate) fn collect_holds<R>(f: impl FnOnce() -> R) -> (R, Vec<Hold>) {
     let r = f();
     let holds = HOLDS.with(|h| h.replace(previous)).unwrap_or_default();
     (r, holds)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    fn no_wake(_: &Mapping) {}
+
+    #[test]
+    fn dropping_a_handle_does_not_wait_for_ever_on_a_stopped_peer() {
+        // Issue 11, item 13: a peer stopped (SIGSTOP) while it held the region's lock
+        // is alive, so the lock is never taken over; dropping a handle waited for it
+        // for ever.
+        let map = Arc::new(Mapping::create("test", END).unwrap());
+        let party = Party::join(map.clone(), 0, 0, no_wake).unwrap();
+        let mut peer = Command::new("sleep").arg("600").spawn().unwrap();
+        let pid = nix::unistd::Pid::from_raw(peer.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        map.hold_as(peer.id());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(party);
+            let _ = tx.send(());
+        });
+        let dropped = rx.recv_timeout(Duration::from_secs(20));
+        let _ = peer.kill();
+        let _ = peer.wait();
+        assert!(
+            dropped.is_ok(),
+            "the drop waited on the stopped peer's lock"
+        );
+    }
 }

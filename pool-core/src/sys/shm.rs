@@ -220,6 +220,13 @@ impl Mapping {
         }
     }
 
+    /// Marks the region's lock as held by process `pid` (which never releases it), as
+    /// a peer that stopped holding it would leave it.
+    #[cfg(test)]
+    pub fn hold_as(&self, pid: u32) {
+        self.u32_at(LOCK_OFFSET).store(pid, Ordering::SeqCst);
+    }
+
     /// Takes the region's lock if that happens before `deadline`.
     pub fn lock_until(&self, deadline: Instant) -> Option<Held<'_>> {
         self.acquire(Some(deadline))
