@@ -79,6 +79,7 @@ pub use pool_core::{
     default_chunksize, describe_exitcode, wait,
 };
 pub use pool_macros::job;
+pub use pool_worker::protocol::ENV_DESCRIBE_JOBS;
 pub use pool_worker::{Job, JobEntry};
 
 /// Serves jobs and exits if this process was started as a worker; returns at once
@@ -124,6 +125,6 @@ macro_rules! test_harness {
 /// Used by `#[job]` and [`test_harness!`]; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use inventory;
     pub use pool_core::TestHarness;
+    pub use pool_worker::__private::inventory;
 }

@@ -32,12 +32,13 @@ mod job;
 pub mod payload;
 pub mod protocol;
 mod serve;
+mod shape;
 pub mod slots;
 mod sys;
 mod zygote;
 
 pub use codec::Codec;
-pub use job::{Job, JobEntry, Registry, panic_message};
+pub use job::{Job, JobEntry, Registry, capped, panic_message};
 pub use serve::{launched_as_worker, missing_init, serve_if_worker};
 
 /// Process plumbing shared by the supervisor and the fork server: forking a worker,
