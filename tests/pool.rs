@@ -335,8 +335,8 @@ fn max_tasks_per_child_recycles_workers_and_keeps_the_size() {
 
 #[test]
 fn an_unknown_job_is_refused_at_submit() {
-    // The pool-worker executable has `square(u64) -> u64` but not `add`.
-    let pool = pool_worker_pool(1);
+    // The procpool command, as a worker, has `square(u64) -> u64` but not `add`.
+    let pool = builtin_worker_pool(1);
     match pool.apply_async(add, (1, 2)) {
         Err(JobError::UnknownJob { name, .. }) => assert_eq!(name, "add"),
         other => panic!("expected UnknownJob, got {other:?}"),
@@ -346,9 +346,9 @@ fn an_unknown_job_is_refused_at_submit() {
 
 #[test]
 fn a_separate_worker_executable_runs_its_own_jobs() {
-    let pool = pool_worker_pool(2);
+    let pool = builtin_worker_pool(2);
     assert!(pool.jobs().iter().any(|j| j.name == "cpu_bound"));
-    // The handle is ours; the code that runs is pool-worker's built-in `square`,
+    // The handle is ours; the code that runs is the procpool command's built-in `square`,
     // which reports an overflow as an error where ours would panic.
     assert_eq!(pool.map(square, 0..100).unwrap()[99], 9801);
     match pool.apply(square, u64::MAX) {
