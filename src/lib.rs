@@ -72,7 +72,7 @@
 //! worker) and `pool-macros` (`#[job]`).
 
 pub use pool_core::{
-    Array, ArrayGuard, AsCompleted, AsyncResult, Codec, DEFAULT_BUFFER_BYTES, Error, Event, Imap,
+    Array, ArrayGuard, AsCompleted, AsyncResult, CancelOnDrop, Codec, DEFAULT_BUFFER_BYTES, Error, Event, Imap,
     Integer, JobError, JobInfo, JoinableQueue, Lock, LockGuard, LostCause, Pipe, Plain, Pool,
     PoolBuilder, Process, ProcessBuilder, Queue, QueueBuilder, Semaphore, SemaphoreGuard,
     StartMethod, SyncError, TaskOptions, Value, ValueGuard, WaitFor, WithPositions, as_completed,

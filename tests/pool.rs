@@ -82,9 +82,9 @@ fn apply_and_apply_async_run_in_workers() {
     let pool = pool(2);
     assert_eq!(pool.apply(add, (40, 2)).unwrap(), 42);
     let r = pool.apply_async(square, 12).unwrap();
-    assert_eq!(r.get_timeout(PATIENCE).unwrap(), 144);
+    assert!(r.wait_timeout(PATIENCE));
     assert_eq!(r.successful(), Some(true));
-    assert_eq!(r.get_timeout(PATIENCE), Err(JobError::ResultTaken));
+    assert_eq!(r.get_timeout(PATIENCE).unwrap(), 144);
 
     let pid = pool.apply(worker_pid, ()).unwrap();
     assert_ne!(pid, std::process::id());
@@ -95,11 +95,13 @@ fn apply_and_apply_async_run_in_workers() {
 #[test]
 fn a_timed_wait_returns_on_time_and_the_task_still_finishes() {
     let pool = pool(1);
-    let r = pool.apply_async(sleep_ms, 500).unwrap();
+    let gave_up = pool.apply_async(sleep_ms, 500).unwrap();
     assert!(matches!(
-        r.get_timeout(Duration::from_millis(10)),
+        gave_up.get_timeout(Duration::from_millis(10)),
         Err(JobError::WaitTimeout { .. })
     ));
+    let r = pool.apply_async(sleep_ms, 500).unwrap();
+    assert!(!r.wait_timeout(Duration::from_millis(10)));
     assert!(!r.ready());
     assert_eq!(r.successful(), None);
     assert!(r.wait_timeout(PATIENCE));

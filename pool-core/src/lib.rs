@@ -6,7 +6,7 @@
 //! - [`Pool`] / [`PoolBuilder`]: the pool a caller holds (`map`, `apply_async`,
 //!   `imap`, `close`, `join`, `terminate`, ...).
 //! - [`AsyncResult`]: one submission's future value (blocking, timed, callback, or
-//!   `.await`).
+//!   `.await`); [`CancelOnDrop`] cancels its task when dropped unresolved.
 //! - [`Imap`]: the lazy, bounded streaming iterator of `imap` / `imap_unordered`.
 //! - [`wait`] and [`as_completed`]: `concurrent.futures`' helpers for many results.
 //! - [`JobError`] (why a task has no value) and [`Error`] (why a pool operation
@@ -29,6 +29,7 @@
 //! exactly once, with its value or a typed error; a dead worker fails only the task it
 //! was running; no worker outlives the pool or its process.
 
+mod cancel_on_drop;
 mod conn;
 mod error;
 mod imap;
@@ -43,6 +44,7 @@ mod sys;
 mod wait;
 mod zygote;
 
+pub use cancel_on_drop::CancelOnDrop;
 pub use error::{Error, JobError, LostCause, TaskOptions, describe_exitcode};
 pub use imap::{Imap, WithPositions};
 pub use launch::StartMethod;
