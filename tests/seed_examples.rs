@@ -54,7 +54,18 @@ fn a_terminated_process_reports_minus_fifteen() {
         out.contains("join_timeout(500ms) -> None, is_alive = true"),
         "{out}"
     );
-    assert!(out.contains("after terminate: exitcode -15"), "{out}");
+    assert!(
+        out.contains("after terminate: killed by SIGTERM (exitcode -15)\n"),
+        "{out}"
+    );
     assert!(out.contains("return: exitcode 0, result Ok(42)"), "{out}");
     assert!(out.contains("exit: exitcode 3"), "{out}");
+}
+
+#[test]
+fn the_async_example_awaits_and_cancels_under_a_timeout() {
+    let out = run_example("async_tokio");
+    assert!(out.contains("awaited both: 200 and 100"), "{out}");
+    assert!(out.contains("the task was cancelled"), "{out}");
+    assert!(out.contains("after the cancel: 10"), "{out}");
 }
