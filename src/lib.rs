@@ -72,11 +72,11 @@
 //! worker) and `pool-macros` (`#[job]`).
 
 pub use pool_core::{
-    Array, ArrayGuard, AsCompleted, AsyncResult, CancelOnDrop, Codec, DEFAULT_BUFFER_BYTES, Error, Event, Imap,
-    Integer, JobError, JobInfo, JoinableQueue, Lock, LockGuard, LostCause, Pipe, Plain, Pool,
-    PoolBuilder, Process, ProcessBuilder, Queue, QueueBuilder, Semaphore, SemaphoreGuard,
-    StartMethod, SyncError, TaskOptions, Value, ValueGuard, WaitFor, WithPositions, as_completed,
-    default_chunksize, describe_exitcode, wait,
+    Array, ArrayGuard, AsCompleted, AsyncResult, CancelOnDrop, Codec, DEFAULT_BUFFER_BYTES, Error,
+    Event, Imap, Integer, JobError, JobInfo, JoinableQueue, Lock, LockGuard, LostCause, Pipe,
+    Plain, Pool, PoolBuilder, Process, ProcessBuilder, Queue, QueueBuilder, Semaphore,
+    SemaphoreGuard, StartMethod, SyncError, TaskOptions, Value, ValueGuard, WaitFor, WithPositions,
+    as_completed, default_chunksize, describe_exitcode, wait,
 };
 pub use pool_macros::job;
 pub use pool_worker::protocol::ENV_DESCRIBE_JOBS;

@@ -37,7 +37,8 @@ fn dropping_an_awaited_result_lets_its_task_run_to_its_end() {
         .apply_async(sleep_then_mark, (mark.to_string_lossy().into_owned(), 300))
         .unwrap();
     // Awaited, then given up on: the timeout drops the future.
-    let waited = runtime().block_on(async { tokio::time::timeout(Duration::from_millis(10), r).await });
+    let waited =
+        runtime().block_on(async { tokio::time::timeout(Duration::from_millis(10), r).await });
     assert!(waited.is_err(), "the task takes longer than the timeout");
     assert!(eventually(|| mark.exists()), "the task ran to its end");
     assert_eq!(pool.worker_pids(), worker, "its worker was not replaced");
@@ -53,7 +54,8 @@ fn cancel_on_drop_stops_a_running_task_when_its_future_is_dropped() {
         .unwrap()
         .cancel_on_drop();
     let running = first_marker(&dir);
-    let waited = runtime().block_on(async { tokio::time::timeout(Duration::from_millis(10), r).await });
+    let waited =
+        runtime().block_on(async { tokio::time::timeout(Duration::from_millis(10), r).await });
     assert!(waited.is_err());
     // The worker running it was killed and replaced, so the pool's one worker is free
     // again long before the minute the task would have taken.
@@ -80,7 +82,11 @@ fn cancel_on_drop_get_timeout_gives_up_and_cancels() {
     // A result that resolves is not cancelled by its drop, and into_inner disarms it.
     let done = pool.apply_async(square, 4).unwrap().cancel_on_drop();
     assert_eq!(done.get(), Ok(16));
-    let plain = pool.apply_async(square, 5).unwrap().cancel_on_drop().into_inner();
+    let plain = pool
+        .apply_async(square, 5)
+        .unwrap()
+        .cancel_on_drop()
+        .into_inner();
     assert_eq!(plain.get_timeout(PATIENCE), Ok(25));
     close_and_check(pool);
 }

@@ -32,12 +32,12 @@ procpool::__private::inventory::submit! {
 fn the_harness_check_names_both_functions_of_a_shared_name() {
     let caught = std::panic::catch_unwind(procpool::__private::assert_unique_job_names)
         .expect_err("two jobs named `process` are caught");
-    let message = caught
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_default();
+    let message = caught.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(message.contains("`process`"), "{message}");
-    assert!(message.contains("duplicate_job_names::process"), "{message}");
+    assert!(
+        message.contains("duplicate_job_names::process"),
+        "{message}"
+    );
     assert!(message.contains("other_crate::process"), "{message}");
     assert!(message.contains("#[procpool::job(name"), "{message}");
     assert_eq!(process(2), 2);

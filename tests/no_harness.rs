@@ -18,9 +18,6 @@ fn a_pool_in_a_test_binary_without_the_harness_macro_says_to_add_it() {
         Ok(_) => panic!("a pool started without anything serving its jobs"),
         Err(e) => e.to_string(),
     };
-    assert!(
-        message.contains("procpool::test_harness!()"),
-        "{message}"
-    );
+    assert!(message.contains("procpool::test_harness!()"), "{message}");
     let _ = square;
 }

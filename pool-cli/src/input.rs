@@ -146,7 +146,13 @@ fn check_json(line: &[u8]) -> Result<(), String> {
     }
     serde_json::from_slice::<&RawValue>(line)
         .map(|_| ())
-        .map_err(|e| format!(", column {}: not JSON: {}", e.column(), without_position(&e)))
+        .map_err(|e| {
+            format!(
+                ", column {}: not JSON: {}",
+                e.column(),
+                without_position(&e)
+            )
+        })
 }
 
 /// serde_json's message without its trailing " at line L column C": the line is the

@@ -48,13 +48,19 @@ fn progress_bar(total: Option<u64>, quiet: bool) -> ProgressBar {
             ProgressBar::new(n),
             "{bar:40} {pos}/{len} done, {msg}, {rate}, eta {eta}",
         ),
-        None => (ProgressBar::new_spinner(), "{spinner} {pos} done, {msg}, {rate}"),
+        None => (
+            ProgressBar::new_spinner(),
+            "{spinner} {pos} done, {msg}, {rate}",
+        ),
     };
     bar.set_draw_target(ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style.with_key("rate", |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-            let _ = w.write_str(&rate(state.per_sec()));
-        }));
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&rate(state.per_sec()));
+            },
+        ));
     }
     bar
 }

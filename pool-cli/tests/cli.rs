@@ -27,7 +27,10 @@ fn example_worker() -> PathBuf {
         if path.parent().is_some_and(|p| p.ends_with("release")) {
             build.arg("--release");
         }
-        assert!(build.status().expect("cargo runs").success(), "building example-worker failed");
+        assert!(
+            build.status().expect("cargo runs").success(),
+            "building example-worker failed"
+        );
     }
     path
 }
@@ -115,7 +118,10 @@ fn jobs_lists_every_builtin_job_with_its_json_and_description() {
         text.contains("-> {\"word\": string, \"count\": int}"),
         "{text}"
     );
-    assert!(!text.contains("alloc::") && !text.contains("::builtin::"), "{text}");
+    assert!(
+        !text.contains("alloc::") && !text.contains("::builtin::"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -158,7 +164,10 @@ fn a_worker_of_your_own_runs_by_path_or_by_name_on_path() {
         text.contains("summarize  {\"values\": [number, ...], \"population\"?: bool}"),
         "{text}"
     );
-    assert!(!text.contains("square"), "only the worker's own jobs:\n{text}");
+    assert!(
+        !text.contains("square"),
+        "only the worker's own jobs:\n{text}"
+    );
 
     // Two arguments are a JSON array; a struct is an object.
     let out = run_with_input(
@@ -167,11 +176,18 @@ fn a_worker_of_your_own_runs_by_path_or_by_name_on_path() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let recs = records(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(recs[0]["ok"], serde_json::json!({"width": 640, "height": 360}));
+    assert_eq!(
+        recs[0]["ok"],
+        serde_json::json!({"width": 640, "height": 360})
+    );
 
     // By name: looked up on PATH, as a shell would.
     let dir = worker.parent().unwrap();
-    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let out = run_command_with_input(
         procpool()
             .env("PATH", path)
@@ -194,11 +210,18 @@ fn a_pipe_dev_stdin_and_a_fifo_are_read_once_and_fully() {
         let recs = records(&String::from_utf8_lossy(&out.stdout));
         let squares: Vec<u64> = recs.iter().map(|r| r["ok"].as_u64().unwrap()).collect();
         assert_eq!(squares, [1, 4, 9], "{what}");
-        assert!(stderr(out).contains("3 inputs: all succeeded"), "{what}: {}", stderr(out));
+        assert!(
+            stderr(out).contains("3 inputs: all succeeded"),
+            "{what}: {}",
+            stderr(out)
+        );
     };
 
     // A pipe from a process substitution, as a shell gives it.
-    let script = format!("{} run square -w 1 -i <(seq 3)", env!("CARGO_BIN_EXE_procpool"));
+    let script = format!(
+        "{} run square -w 1 -i <(seq 3)",
+        env!("CARGO_BIN_EXE_procpool")
+    );
     let child = Command::new("bash")
         .args(["-c", &script])
         .stdout(Stdio::piped())
@@ -208,7 +231,10 @@ fn a_pipe_dev_stdin_and_a_fifo_are_read_once_and_fully() {
     expect_three_squares(&finish(child, "<(seq 3)"), "<(seq 3)");
 
     // Standard input by its path.
-    let out = run_with_input(&["run", "square", "-w", "1", "-i", "/dev/stdin"], "1\n2\n3\n");
+    let out = run_with_input(
+        &["run", "square", "-w", "1", "-i", "/dev/stdin"],
+        "1\n2\n3\n",
+    );
     expect_three_squares(&out, "/dev/stdin");
 
     // A FIFO, written once by another process.
@@ -318,14 +344,26 @@ fn error_records_point_at_the_input_line_and_stay_small() {
     let out = run_with_input(&["run", "square", "-w", "1"], &input);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.len() < 10_000, "a bad input is not echoed whole: {} bytes", text.len());
+    assert!(
+        text.len() < 10_000,
+        "a bad input is not echoed whole: {} bytes",
+        text.len()
+    );
     let recs = records(&text);
     let message = |i: usize| recs[i]["error"]["message"].as_str().unwrap().to_owned();
     assert_eq!(recs[1]["error"]["kind"], "Codec");
-    assert!(message(1).starts_with("line 2, column 5: "), "{}", message(1));
+    assert!(
+        message(1).starts_with("line 2, column 5: "),
+        "{}",
+        message(1)
+    );
     assert!(!message(1).contains("line 1"), "{}", message(1));
     assert_eq!(recs[2]["error"]["kind"], "InvalidInput");
-    assert!(message(2).starts_with("line 3, column 3: not JSON"), "{}", message(2));
+    assert!(
+        message(2).starts_with("line 3, column 3: not JSON"),
+        "{}",
+        message(2)
+    );
     assert!(message(3).starts_with("line 4, "), "{}", message(3));
     assert!(message(3).contains("bytes cut"), "says it was cut");
 }

@@ -539,7 +539,10 @@ impl JobTable {
         for (i, info) in infos.iter().enumerate() {
             if let Some(first) = by_name.insert(info.name.clone(), i as u32) {
                 let first = &infos[first as usize];
-                duplicates.push(format!("`{}` ({} and {})", info.name, first.path, info.path));
+                duplicates.push(format!(
+                    "`{}` ({} and {})",
+                    info.name, first.path, info.path
+                ));
             }
         }
         if !duplicates.is_empty() {

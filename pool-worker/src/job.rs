@@ -292,11 +292,17 @@ mod tests {
     #[test]
     fn a_long_error_keeps_its_start_and_end() {
         assert_eq!(capped("short"), "short");
-        let long = format!("invalid type: string \"{}é\", expected u64 at line 1 column 9", "x".repeat(1 << 20));
+        let long = format!(
+            "invalid type: string \"{}é\", expected u64 at line 1 column 9",
+            "x".repeat(1 << 20)
+        );
         let cut = capped(&long);
         assert!(cut.len() < MAX_ERROR_TEXT + 40, "{} bytes", cut.len());
         assert!(cut.starts_with("invalid type: string \"xxx"));
-        assert!(cut.ends_with("xé\", expected u64 at line 1 column 9"), "{cut}");
+        assert!(
+            cut.ends_with("xé\", expected u64 at line 1 column 9"),
+            "{cut}"
+        );
         assert!(cut.contains("bytes cut)"));
     }
 }

@@ -55,12 +55,16 @@ enum Node {
         fields: &'static [&'static str],
     },
     /// Each variant at `path::Variant`.
-    Enum { variants: &'static [&'static str] },
+    Enum {
+        variants: &'static [&'static str],
+    },
     /// A variant: its content as for a struct, a tuple, or a newtype at `path()`.
     UnitVariant,
     NewtypeVariant,
     TupleVariant(usize),
-    StructVariant { fields: &'static [&'static str] },
+    StructVariant {
+        fields: &'static [&'static str],
+    },
 }
 
 /// The traced shape of one type.
@@ -322,7 +326,9 @@ impl<'a, 'c> Tracer<'a, 'c> {
     fn see(&mut self, node: Node) -> Result<(), TraceError> {
         self.pass.steps += 1;
         if self.pass.steps > MAX_STEPS || self.depth > MAX_DEPTH {
-            return Err(TraceError("the type is too large or too deep to trace".into()));
+            return Err(TraceError(
+                "the type is too large or too deep to trace".into(),
+            ));
         }
         self.pass.nodes.entry(self.path.clone()).or_insert(node);
         Ok(())
@@ -561,7 +567,11 @@ impl<'a, 'c> Fields<'a, 'c> {
             .filter(|(path, _)| *path == tracer.path)
             .map(|(_, field)| field);
         Fields {
-            fields: fields.iter().copied().filter(|f| Some(*f) != omit).collect(),
+            fields: fields
+                .iter()
+                .copied()
+                .filter(|f| Some(*f) != omit)
+                .collect(),
             tracer,
             next: 0,
         }
@@ -758,7 +768,10 @@ mod tests {
     fn a_type_that_needs_deserialize_any_has_no_shape() {
         // An untagged enum buffers whatever it is given; a placeholder matches no variant.
         assert!(trace::<Untagged>().is_none());
-        assert!(trace::<std::net::IpAddr>().is_none(), "rejects the placeholder");
+        assert!(
+            trace::<std::net::IpAddr>().is_none(),
+            "rejects the placeholder"
+        );
     }
 
     #[test]

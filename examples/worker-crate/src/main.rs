@@ -79,9 +79,15 @@ pub struct Summary {
 #[procpool::job]
 pub fn summarize(sample: Sample) -> Result<Summary, String> {
     let count = sample.values.len();
-    let divisor = if sample.population { count } else { count.saturating_sub(1) };
+    let divisor = if sample.population {
+        count
+    } else {
+        count.saturating_sub(1)
+    };
     if divisor == 0 {
-        return Err(format!("{count} values are too few for a standard deviation"));
+        return Err(format!(
+            "{count} values are too few for a standard deviation"
+        ));
     }
     let mean = sample.values.iter().sum::<f64>() / count as f64;
     let squares: f64 = sample.values.iter().map(|v| (v - mean).powi(2)).sum();
@@ -99,7 +105,9 @@ fn main() {
          procpool jobs --worker {0}\n  \
          echo '[{{\"width\": 1920, \"height\": 1080}}, {{\"width\": 640, \"height\": 640}}]' \
          | procpool run fit --worker {0}",
-        std::env::args().next().unwrap_or_else(|| "example-worker".into())
+        std::env::args()
+            .next()
+            .unwrap_or_else(|| "example-worker".into())
     );
     std::process::exit(2);
 }
@@ -123,7 +131,10 @@ mod tests {
             population: true,
         })
         .unwrap();
-        assert_eq!((population.count, population.mean, population.std_dev), (8, 5.0, 2.0));
+        assert_eq!(
+            (population.count, population.mean, population.std_dev),
+            (8, 5.0, 2.0)
+        );
         assert!(
             summarize(Sample {
                 values: vec![1.0],
