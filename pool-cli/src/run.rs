@@ -215,8 +215,10 @@ mod tests {
 
     #[test]
     fn an_interrupted_run_says_how_many_inputs_were_not_run() {
-        let mut tally = Tally::default();
-        tally.ok = 28;
+        let tally = Tally {
+            ok: 28,
+            ..Tally::default()
+        };
         assert_eq!(
             interrupted_summary(&tally, 32, Some(100)),
             "interrupted: 28 of 100 inputs done (all succeeded), 72 not run"
