@@ -136,7 +136,7 @@ fn shapes<J: Job>() -> (String, String) {
 /// (`invalid type: string "..."`), and an input can be megabytes long.
 const MAX_ERROR_TEXT: usize = 300;
 
-/// `text`, at most about [`MAX_ERROR_TEXT`] bytes: its middle is cut out (at character
+/// `text`, at most about 300 bytes (`MAX_ERROR_TEXT`): its middle is cut out (at character
 /// boundaries) and replaced by a note of how much, so that both its start and its end
 /// (where serde_json says the position) stay.
 pub fn capped(text: impl std::fmt::Display) -> String {

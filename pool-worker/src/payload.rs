@@ -413,9 +413,8 @@ pub fn map(fd: &OwnedFd, len: u64) -> io::Result<RegionMap> {
 /// supervisor reuses its regions, so the next time a kept region comes, its pages are
 /// mapped already (no page faults), and nothing is unmapped per task. A kept mapping
 /// keeps its memfd's memory alive after the supervisor lets it go, so a worker keeps
-/// what the spare list would: at most [`SPARE_REGIONS`] mappings of [`SPARE_BYTES`] in
-/// all, the least recently used dropped first, and none of [`KEEP_BELOW`] bytes or
-/// more.
+/// what the spare list would: at most `SPARE_REGIONS` mappings of [`SPARE_BYTES`] in
+/// all, the least recently used dropped first, and none of `KEEP_BELOW` bytes or more.
 #[derive(Default)]
 pub struct Mappings {
     kept: Vec<Kept>,
