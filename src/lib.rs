@@ -134,6 +134,12 @@ macro_rules! test_harness {
     };
 }
 
+/// The README's examples, compiled as doc tests (`cargo test --doc`), so that what a
+/// newcomer copies from it builds.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
+
 /// Used by `#[job]` and [`test_harness!`]; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
