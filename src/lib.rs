@@ -116,9 +116,7 @@ pub fn init() {
 /// A test harness owns `main`, so [`init`] cannot run first. Invoke this macro once at
 /// the root of the test crate: it defines an ignored test that serves as the worker
 /// entry, and pools built in this binary start it with the arguments that run only
-/// that test. (Its standard output is discarded: the harness prints there.) It also
-/// adds a test, `procpool_job_names_are_unique`, that fails if two jobs linked into the
-/// binary share a name.
+/// that test. (Its standard output is discarded: the harness prints there.)
 ///
 /// Without it, a pool in a test binary cannot start workers, and its error says to add
 /// this macro.
@@ -144,13 +142,6 @@ macro_rules! test_harness {
             $crate::init();
         }
 
-        /// Fails when two jobs linked into this test binary share a name (jobs of two
-        /// crates: `#[job]` catches the same name twice in one crate as it compiles).
-        #[test]
-        fn procpool_job_names_are_unique() {
-            $crate::__private::assert_unique_job_names();
-        }
-
         $crate::__private::inventory::submit! {
             $crate::__private::TestHarness { module_path: ::core::module_path!() }
         }
@@ -168,21 +159,4 @@ mod readme {}
 pub mod __private {
     pub use pool_core::TestHarness;
     pub use pool_worker::__private::inventory;
-
-    /// Panics, naming the functions, if two jobs linked into this program share a name.
-    pub fn assert_unique_job_names() {
-        let duplicates = pool_worker::Registry::global().duplicates();
-        if duplicates.is_empty() {
-            return;
-        }
-        let found: Vec<String> = duplicates
-            .iter()
-            .map(|(name, paths)| format!("`{name}`: {}", paths.join(", ")))
-            .collect();
-        panic!(
-            "more than one job has the same name ({}); a worker could not tell which to \
-             run: rename all but one with #[procpool::job(name = \"...\")]",
-            found.join("; ")
-        );
-    }
 }

@@ -1,9 +1,12 @@
-//! Two jobs of one name that `#[job]` cannot see together (as when two crates each
-//! define one) are caught by the test that `procpool::test_harness!()` adds, naming
-//! both functions. The second job here is registered by hand, as another crate's
-//! `#[job]` would register it; this binary has no harness, since its test would fail.
+//! Two jobs of one name that `#[job]` cannot see together, as when two crates each
+//! define one: a pool refuses such workers at `build()`, naming both functions and
+//! how to rename one. (`#[job]` refuses the same name twice in one crate as it
+//! compiles: see tests/ui/duplicate_job_name.rs.) The second job here is registered by
+//! hand, as another crate's `#[job]` would register it.
 
 use procpool::{Job, JobEntry};
+
+procpool::test_harness!();
 
 #[procpool::job]
 fn process(x: u64) -> u64 {
@@ -29,16 +32,17 @@ procpool::__private::inventory::submit! {
 }
 
 #[test]
-fn the_harness_check_names_both_functions_of_a_shared_name() {
-    let caught = std::panic::catch_unwind(procpool::__private::assert_unique_job_names)
-        .expect_err("two jobs named `process` are caught");
-    let message = caught.downcast_ref::<String>().cloned().unwrap_or_default();
+fn a_pool_refuses_workers_with_two_jobs_of_one_name_naming_both() {
+    let message = match procpool::Pool::builder().processes(1).build() {
+        Ok(_) => panic!("a pool started with two jobs named `process`"),
+        Err(e) => e.to_string(),
+    };
     assert!(message.contains("`process`"), "{message}");
     assert!(
         message.contains("duplicate_job_names::process"),
         "{message}"
     );
     assert!(message.contains("other_crate::process"), "{message}");
-    assert!(message.contains("#[procpool::job(name"), "{message}");
+    assert!(message.contains("#[job(name"), "{message}");
     assert_eq!(process(2), 2);
 }

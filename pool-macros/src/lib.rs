@@ -50,8 +50,8 @@ use syn::{
 /// ```
 ///
 /// Jobs of two crates linked into one program can only meet at run time: a pool
-/// refuses such workers at `build()`, the test that `procpool::test_harness!()` adds
-/// to a test binary fails, and `procpool jobs` says which functions share a name.
+/// refuses such workers at `build()` (in a test binary, the first test that builds a
+/// pool), and so does `procpool jobs`, naming the functions that share a name.
 ///
 /// # What `procpool jobs` shows
 ///

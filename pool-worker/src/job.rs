@@ -121,11 +121,14 @@ impl JobEntry {
 /// The JSON shapes of a job's argument (with the argument names) and result; a Rust
 /// type name where a type cannot be traced.
 fn shapes<J: Job>() -> (String, String) {
-    let input = shape::trace::<J::Input>().map_or_else(
+    // A type's `Deserialize` is user code, fed placeholders here: one that panics on
+    // them is shown by its type name, like one that refuses them.
+    let traced = |trace: fn() -> Option<shape::Shape>| catch_unwind(trace).ok().flatten();
+    let input = traced(shape::trace::<J::Input>).map_or_else(
         || std::any::type_name::<J::Input>().to_owned(),
         |s| s.render_arguments(J::ARGUMENTS),
     );
-    let output = shape::trace::<J::Output>().map_or_else(
+    let output = traced(shape::trace::<J::Output>).map_or_else(
         || std::any::type_name::<J::Output>().to_owned(),
         |s| s.render(),
     );
@@ -264,24 +267,6 @@ impl Registry {
     /// The job at wire index `index`.
     pub fn get(&self, index: u32) -> Option<&'static JobEntry> {
         self.entries.get(index as usize).copied()
-    }
-
-    /// Names given to more than one job, each with the paths of its functions. `#[job]`
-    /// refuses a second job of one name in one crate at compile time; jobs of two
-    /// crates linked into one program meet only here.
-    pub fn duplicates(&self) -> Vec<(&'static str, Vec<&'static str>)> {
-        let mut found: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
-        for pair in self.entries.windows(2) {
-            let [a, b] = pair else { continue };
-            if a.name != b.name {
-                continue;
-            }
-            match found.last_mut() {
-                Some((name, paths)) if *name == a.name => paths.push(b.path),
-                _ => found.push((a.name, vec![a.path, b.path])),
-            }
-        }
-        found
     }
 }
 
