@@ -77,11 +77,6 @@ impl JobEntry {
         self.name
     }
 
-    /// The Rust path of the job's function, when `#[job]` recorded it.
-    pub fn path(&self) -> &'static str {
-        self.path
-    }
-
     /// What the worker announces about this job in its handshake (its JSON shapes only
     /// when [`ENV_DESCRIBE_JOBS`] is set).
     pub fn info(&self) -> JobInfo {
@@ -142,7 +137,7 @@ const MAX_ERROR_TEXT: usize = 300;
 /// `text`, at most about 300 bytes (`MAX_ERROR_TEXT`): its middle is cut out (at character
 /// boundaries) and replaced by a note of how much, so that both its start and its end
 /// (where serde_json says the position) stay.
-pub fn capped(text: impl std::fmt::Display) -> String {
+fn capped(text: impl std::fmt::Display) -> String {
     let text = text.to_string();
     if text.len() <= MAX_ERROR_TEXT {
         return text;

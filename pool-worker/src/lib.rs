@@ -45,7 +45,7 @@ mod sys;
 mod zygote;
 
 pub use codec::Codec;
-pub use job::{Job, JobEntry, Registry, capped, panic_message};
+pub use job::{Job, JobEntry, Registry, panic_message};
 pub use serve::{launched_as_worker, missing_init, serve_if_worker};
 
 /// Process plumbing shared by the supervisor and the fork server: forking a worker,
