@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
-use nix::sys::signal::Signal;
 use procpool::{JobError, Pool, StartMethod, TaskOptions};
 
 procpool::test_harness!();
@@ -19,30 +18,10 @@ const TASKS: u64 = 20_000;
 /// the failures and how many workers were killed.
 fn under_fire(pool: &Pool, options: TaskOptions) -> (Vec<JobError>, usize) {
     let done = AtomicBool::new(false);
-    let kills = AtomicUsize::new(0);
     let mut seen = vec![false; TASKS as usize];
     let mut failures = Vec::new();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let mut n = 0usize;
-            while !done.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(10));
-                let pids = pool.worker_pids();
-                if pids.is_empty() {
-                    continue;
-                }
-                n = n.wrapping_mul(31).wrapping_add(7);
-                let victim = pids[n % pids.len()];
-                if nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(victim as i32),
-                    Signal::SIGKILL,
-                )
-                .is_ok()
-                {
-                    kills.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        });
+    let kills = std::thread::scope(|s| {
+        let killer = s.spawn(|| kill_workers_until(pool, Duration::from_millis(10), &done, 7));
         let results = pool
             .imap_unordered(square, 0..TASKS)
             .options(options)
@@ -57,14 +36,11 @@ fn under_fire(pool: &Pool, options: TaskOptions) -> (Vec<JobError>, usize) {
             }
         }
         done.store(true, Ordering::SeqCst);
+        killer.join().unwrap()
     });
-    eprintln!(
-        "chaos: {} kills, {} failures",
-        kills.load(Ordering::SeqCst),
-        failures.len()
-    );
+    eprintln!("chaos: {kills} kills, {} failures", failures.len());
     assert!(seen.iter().all(|s| *s), "some inputs never resolved");
-    (failures, kills.load(Ordering::SeqCst))
+    (failures, kills)
 }
 
 fn chaos_pool(method: StartMethod) -> Pool {

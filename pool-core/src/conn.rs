@@ -147,6 +147,14 @@ impl Conn {
         self.outbox.push_back((frame, fds));
     }
 
+    /// Sends nothing more (what is queued is dropped) and tells the worker so: it reads
+    /// the end of its stream. What it has written stays readable, to the end.
+    pub fn close_write(&mut self) {
+        self.outbox.clear();
+        self.written = 0;
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+
     /// Writes queued frames until done or the socket is full.
     pub fn flush(&mut self) -> io::Result<()> {
         while let Some((_, front_fds)) = self.outbox.front() {

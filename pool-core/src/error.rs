@@ -125,7 +125,11 @@ impl std::fmt::Display for LostCause {
 
 /// `multiprocessing`-style exit code in words: `-9` is "killed by SIGKILL".
 pub fn describe_exitcode(exitcode: i32) -> String {
-    if exitcode < 0 {
+    if exitcode == EXIT_UNKNOWN {
+        "ended with a status nobody can know (reaped by the system: does this program \
+         ignore SIGCHLD?)"
+            .into()
+    } else if exitcode < 0 {
         let name = nix::sys::signal::Signal::try_from(-exitcode)
             .map(|s| s.as_str().to_owned())
             .unwrap_or_else(|_| format!("signal {}", -exitcode));
@@ -134,6 +138,10 @@ pub fn describe_exitcode(exitcode: i32) -> String {
         format!("exited with status {exitcode}")
     }
 }
+
+/// The exitcode of a worker whose status was lost: the system reaped it (a program that
+/// ignores `SIGCHLD`).
+pub(crate) const EXIT_UNKNOWN: i32 = i32::MIN;
 
 /// Per-task settings: a time limit and retries. The pool's builder sets the defaults;
 /// the `*_with` methods and [`Imap`](crate::Imap) override them per call.

@@ -29,10 +29,15 @@
 //! exactly once, with its value or a typed error; a dead worker fails only the task it
 //! was running; no worker outlives the pool or its process.
 
+// Unsafe code lives in `sys` alone, where each block says why it holds.
+#![deny(unsafe_code)]
+
 mod cancel_on_drop;
+mod completion;
 mod conn;
 mod error;
 mod imap;
+mod inflight;
 mod launch;
 mod pool;
 mod process;
@@ -40,6 +45,7 @@ mod result;
 mod stderr;
 mod supervisor;
 mod sync;
+#[allow(unsafe_code)]
 mod sys;
 mod wait;
 mod zygote;

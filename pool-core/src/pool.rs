@@ -17,6 +17,7 @@ use pool_worker::protocol::{self, DEFAULT_MAX_FRAME, Request};
 use pool_worker::{Codec, Job};
 use serde_bytes::ByteBuf;
 
+use crate::completion::{self, Drained};
 use crate::error::{Error, JobError, TaskOptions};
 use crate::imap::Imap;
 use crate::launch::{LaunchSpec, StartMethod};
@@ -324,10 +325,19 @@ impl PoolBuilder {
             status: Mutex::new(Status::default()),
             status_changed: Condvar::new(),
             next_task: AtomicU64::new(1),
+            drained: Arc::default(),
         });
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-        let supervisor = Supervisor::new(poll, rx, shared.clone(), config.clone(), ready_tx);
         let span = tracing::info_span!("pool", processes);
+        let completions = span.in_scope(|| completion::start(shared.drained.clone()))?;
+        let supervisor = Supervisor::new(
+            poll,
+            rx,
+            shared.clone(),
+            config.clone(),
+            ready_tx,
+            completions,
+        );
         let live = LivePool::new();
         let thread = std::thread::Builder::new()
             .name("procpool-supervisor".into())
@@ -444,6 +454,8 @@ pub(crate) struct Shared {
     status: Mutex<Status>,
     status_changed: Condvar,
     next_task: AtomicU64,
+    /// Set once every resolved task has been delivered and its callbacks run.
+    drained: Arc<Drained>,
 }
 
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -523,6 +535,13 @@ impl Shared {
             !s.finished
         })
         .finished
+    }
+
+    /// Waits for the supervisor to finish and every outcome to be delivered and its
+    /// callbacks run (but for the callback calling this, if one does); false if
+    /// `deadline` came first.
+    fn wait_drained(&self, deadline: Option<Instant>) -> bool {
+        self.wait_finished(deadline) && self.drained.wait(deadline)
     }
 }
 
@@ -770,23 +789,19 @@ impl Regions {
         Ok(vec![self.arguments.read_only_fd()?, self.scratch.fd()?])
     }
 
-    /// Both back on the spare list: the worker has answered and touches them no more.
+    /// Both back on the spare list: the worker has answered and should touch them no
+    /// more (one that does anyway only garbles a later payload; no region can shrink).
     pub fn recycle(self) {
         payload::recycle(self.arguments);
         payload::recycle(self.scratch);
     }
 
     /// The worker's answer of `len` bytes in the scratch; the arguments go back on the
-    /// spare list.
+    /// spare list. The scratch is not mapped again here: its bytes are copied out
+    /// when they are decoded.
     pub fn into_outcomes(self, len: u64) -> Result<Scratch, String> {
-        let Regions {
-            arguments,
-            mut scratch,
-        } = self;
+        let Regions { arguments, scratch } = self;
         payload::recycle(arguments);
-        scratch
-            .refresh()
-            .map_err(|e| format!("the scratch cannot be mapped: {e}"))?;
         Scratch::new(scratch, len).map_err(|e| e.to_string())
     }
 }
@@ -1151,8 +1166,6 @@ impl Pool {
             span: tracing::debug_span!("task", id, job = %spec.name),
             options: spec.options,
             lost_runs: 0,
-            revoking: false,
-            seq: 0,
             _holds: holds,
             regions,
         })
@@ -1176,19 +1189,21 @@ impl Pool {
 
     /// Ends every worker now (SIGTERM, then SIGKILL after the grace period) and
     /// resolves every unfinished task with [`JobError::Terminated`]. Returns once the
-    /// workers are gone.
+    /// workers are gone (callbacks still running go on on their own thread).
     pub fn terminate(&self) {
         self.shared.stop(Command::Terminate);
         self.shared.wait_finished(None);
         self.reap_thread();
     }
 
-    /// Waits until the pool has finished after `close` or `terminate`.
+    /// Waits until the pool has finished after `close` or `terminate`: its workers are
+    /// gone, and every result was delivered and its callbacks run (except the callback
+    /// calling this, if one does).
     pub fn join(&self) -> Result<(), Error> {
         if self.shared.is_open() {
             return Err(Error::StillRunning);
         }
-        self.shared.wait_finished(None);
+        self.shared.wait_drained(None);
         self.reap_thread();
         Ok(())
     }
@@ -1201,7 +1216,7 @@ impl Pool {
         }
         let done = self
             .shared
-            .wait_finished(Instant::now().checked_add(timeout));
+            .wait_drained(Instant::now().checked_add(timeout));
         if done {
             self.reap_thread();
         }

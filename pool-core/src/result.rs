@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use pool_worker::Codec;
-use pool_worker::payload::{self, Region, RegionMap};
+use pool_worker::payload::{self, Region, SealedMap};
 use pool_worker::protocol::{BatchOutcomes, ItemFailure, Outcome, Reply};
 use serde::de::DeserializeOwned;
 
@@ -97,20 +97,22 @@ fn raw_outcome(outcome: Outcome) -> RawOutcome {
 }
 
 /// Encoded bytes from a worker: read from its stream, or (large results) mapped from
-/// the sealed memfd it sent or written into the task's scratch; decoded in place.
+/// the sealed memfd it sent (bytes that cannot change), or in the task's scratch
+/// (which the worker can still write: copied out before they are decoded).
 pub(crate) enum Payload {
     Owned(Vec<u8>),
-    Mapped(RegionMap),
+    Mapped(SealedMap),
     Scratch(Scratch),
 }
 
-impl std::ops::Deref for Payload {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
+impl Payload {
+    /// Decodes the bincode value it holds, every length in it bounded by its bytes: in
+    /// place, or, from a scratch, copied out as decoding goes.
+    fn decode<T: DeserializeOwned>(&self) -> Result<T, String> {
         match self {
-            Payload::Owned(v) => v,
-            Payload::Mapped(m) => m.bytes(m.len()),
-            Payload::Scratch(s) => s.bytes(),
+            Payload::Owned(v) => Codec::Bincode.decode(v),
+            Payload::Mapped(m) => Codec::Bincode.decode(m.bytes()),
+            Payload::Scratch(s) => s.decode(),
         }
     }
 }
@@ -123,22 +125,22 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    /// The first `len` bytes of `region`, if it has that many.
-    pub fn new(region: Region, len: u64) -> std::io::Result<Scratch> {
+    /// The first `len` bytes of `region`, if it has that many now (mapped here that
+    /// far); read only when decoded, on the thread that decodes.
+    pub fn new(mut region: Region, len: u64) -> std::io::Result<Scratch> {
         let len = usize::try_from(len).map_err(|_| std::io::Error::other("result too large"))?;
-        region.bytes(len)?;
+        region.map_to(len)?;
         Ok(Scratch {
             region: Some(region),
             len,
         })
     }
 
-    fn bytes(&self) -> &[u8] {
-        // In range: checked in `new`.
-        self.region
-            .as_ref()
-            .and_then(|r| r.bytes(self.len).ok())
-            .unwrap_or_default()
+    /// Decodes the outcomes, reading them out of the scratch (which the worker can
+    /// write still) as decoding goes.
+    fn decode<T: DeserializeOwned>(&self) -> Result<T, String> {
+        let region = self.region.as_ref().ok_or("the scratch is gone")?;
+        region.decode(self.len)
     }
 }
 
@@ -199,15 +201,10 @@ pub(crate) fn decode_values<T: DeserializeOwned>(delivery: Delivery) -> Result<V
 
 /// A batch's outcomes, checked to account for each of `count` arguments once.
 fn decode_batch<T: DeserializeOwned>(
-    bytes: &[u8],
+    bytes: &Payload,
     count: usize,
 ) -> Result<BatchOutcomes<T>, JobError> {
-    let outcomes: BatchOutcomes<T> = Codec::Bincode.decode(bytes).map_err(|e| JobError::Codec {
-        message: format!(
-            "results do not decode as {}: {e}",
-            std::any::type_name::<T>()
-        ),
-    })?;
+    let outcomes: BatchOutcomes<T> = decode_user(|| bytes.decode(), "results do")?;
     let (values, failures) = (outcomes.values.len(), outcomes.failures.len());
     let in_order = outcomes
         .failures
@@ -252,24 +249,50 @@ pub(crate) fn raw_delivery(delivery: Delivery) -> Outcomes<Vec<u8>> {
 
 pub(crate) fn decode<T: DeserializeOwned>(raw: RawOutcome) -> Result<T, JobError> {
     let bytes = raw?;
-    Codec::Bincode.decode(&bytes).map_err(|e| JobError::Codec {
-        message: format!(
-            "result does not decode as {}: {e}",
-            std::any::type_name::<T>()
-        ),
-    })
+    decode_user(|| Codec::Bincode.decode(&bytes), "result does")
+}
+
+/// Runs `decode`, a decode of a worker's bytes into a caller's type `M`. Its
+/// `Deserialize` is user code: a panic in it fails this result with `Codec`, and
+/// nothing else.
+fn decode_user<M>(decode: impl FnOnce() -> Result<M, String>, what: &str) -> Result<M, JobError> {
+    let name = std::any::type_name::<M>();
+    match catch_unwind(AssertUnwindSafe(decode)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(JobError::Codec {
+            message: format!("{what} not decode as {name}: {e}"),
+        }),
+        Err(panic) => Err(JobError::Codec {
+            message: format!(
+                "{what} not decode as {name}: its Deserialize panicked: {}",
+                pool_worker::panic_message(panic.as_ref())
+            ),
+        }),
+    }
 }
 
 type Callback<T> = Box<dyn FnOnce(&Result<T, JobError>) + Send>;
 
+/// A result's life: `Pending` until its task resolves; then, if callbacks are
+/// registered, `Deferred` (the value is in, its callbacks wait for the callbacks
+/// thread) and `Completing` (they run, outside the lock); then `Ready`, and `Taken` once
+/// handed over. A waiter that finds it `Deferred` runs the callbacks itself rather than
+/// wait for a thread that may be busy (a callback waiting on another result would
+/// otherwise wait for itself).
 enum State<T> {
     Pending {
+        callbacks: Vec<Callback<T>>,
+        waker: Option<Waker>,
+    },
+    Deferred {
+        result: Result<T, JobError>,
         callbacks: Vec<Callback<T>>,
         waker: Option<Waker>,
     },
     /// Callbacks are running with the value outside the lock; late ones queue here.
     Completing {
         late: Vec<Callback<T>>,
+        waker: Option<Waker>,
     },
     Ready(Result<T, JobError>),
     Taken {
@@ -304,60 +327,120 @@ impl<T> Slot<T> {
     }
 
     /// Completes the slot once; a second completion is a bug upstream and is ignored.
-    pub fn complete(&self, result: Result<T, JobError>) {
-        let (callbacks, waker) = {
-            let mut state = self.lock();
-            match std::mem::replace(&mut *state, State::Completing { late: Vec::new() }) {
-                State::Pending { callbacks, waker } => (callbacks, waker),
-                other => {
-                    *state = other;
-                    tracing::error!("a result was completed twice; the second is ignored");
-                    return;
-                }
-            }
+    /// Without callbacks it is ready at once. With callbacks, they run on the pool's
+    /// callbacks thread when this is called on its results thread (see `completion`),
+    /// here otherwise, or on the first thread that waits for the result; waiters wake
+    /// after them.
+    pub fn complete(self: &Arc<Self>, result: Result<T, JobError>)
+    where
+        T: Send + 'static,
+    {
+        let mut state = self.lock();
+        let State::Pending { callbacks, waker } = &mut *state else {
+            tracing::error!("a result was completed twice; the second is ignored");
+            return;
         };
-        self.settle(result, callbacks);
+        if callbacks.is_empty() {
+            let waker = waker.take();
+            *state = State::Ready(result);
+            drop(state);
+            self.mark_ready(waker);
+            return;
+        }
+        let (callbacks, waker) = (std::mem::take(callbacks), waker.take());
+        *state = State::Deferred {
+            result,
+            callbacks,
+            waker,
+        };
+        drop(state);
+        // Waiters may run the callbacks themselves rather than wait for their thread.
+        self.done.notify_all();
+        let slot = self.clone();
+        let work: crate::completion::CallbackWork = Box::new(move || slot.run_deferred());
+        if let Some(work) = crate::completion::defer_callbacks(work) {
+            work();
+        }
+    }
+
+    fn mark_ready(&self, waker: Option<Waker>) {
+        self.ready.store(true, Ordering::Release);
+        self.done.notify_all();
         if let Some(w) = waker {
             w.wake();
         }
     }
 
-    /// In state `Completing`: runs `callbacks` and any that arrive meanwhile, outside
-    /// the lock, then stores `result` as ready and wakes the waiters.
-    fn settle(&self, result: Result<T, JobError>, mut callbacks: Vec<Callback<T>>) {
+    /// Runs the callbacks of a `Deferred` result (if no other thread has taken them),
+    /// and any that arrive meanwhile, outside the lock; then the result is ready.
+    fn run_deferred(&self) {
+        let mut state = self.lock();
+        let State::Deferred { .. } = &*state else {
+            return;
+        };
+        let State::Deferred {
+            result,
+            mut callbacks,
+            waker,
+        } = std::mem::replace(
+            &mut *state,
+            State::Completing {
+                late: Vec::new(),
+                waker: None,
+            },
+        )
+        else {
+            return;
+        };
+        if let State::Completing { waker: w, .. } = &mut *state {
+            *w = waker;
+        }
+        drop(state);
         loop {
             for callback in callbacks.drain(..) {
                 run_callback(callback, &result);
             }
             let mut state = self.lock();
             match &mut *state {
-                State::Completing { late } if !late.is_empty() => {
+                State::Completing { late, .. } if !late.is_empty() => {
                     callbacks = std::mem::take(late);
                 }
-                _ => {
+                State::Completing { waker, .. } => {
+                    let waker = waker.take();
                     *state = State::Ready(result);
-                    self.ready.store(true, Ordering::Release);
-                    break;
+                    drop(state);
+                    self.mark_ready(waker);
+                    return;
+                }
+                _ => {
+                    tracing::error!("a result changed while its callbacks ran");
+                    return;
                 }
             }
         }
-        self.done.notify_all();
     }
 
     fn on_complete(&self, callback: Callback<T>) {
         let mut state = self.lock();
         match &mut *state {
-            State::Pending { callbacks, .. } => callbacks.push(callback),
-            State::Completing { late } => late.push(callback),
+            State::Pending { callbacks, .. } | State::Deferred { callbacks, .. } => {
+                callbacks.push(callback)
+            }
+            State::Completing { late, .. } => late.push(callback),
             State::Ready(_) => {
-                // Run outside the lock, so the callback may look at this result.
+                // Run here, outside the lock, so the callback may look at this result.
                 let State::Ready(result) =
-                    std::mem::replace(&mut *state, State::Completing { late: Vec::new() })
+                    std::mem::replace(&mut *state, State::Taken { ok: false })
                 else {
-                    unreachable!()
+                    return;
+                };
+                *state = State::Deferred {
+                    result,
+                    callbacks: vec![callback],
+                    waker: None,
                 };
                 drop(state);
-                self.settle(result, vec![callback]);
+                self.run_deferred();
             }
             State::Taken { ok } => {
                 let ok = *ok;
@@ -380,9 +463,36 @@ impl<T> Slot<T> {
         while !self.ready.load(Ordering::Acquire) && Instant::now() < spin_until {
             std::thread::yield_now();
         }
-        let state = wait_while(&self.done, self.lock(), deadline, |s| !Self::is_ready(s));
-        let ready = Self::is_ready(&state);
-        (state, ready)
+        let mut state = self.lock();
+        loop {
+            match &*state {
+                State::Ready(_) | State::Taken { .. } => return (state, true),
+                State::Deferred { .. } => {
+                    // Its callbacks wait for a thread that may be busy: run them here.
+                    drop(state);
+                    self.run_deferred();
+                    state = self.lock();
+                }
+                State::Pending { .. } | State::Completing { .. } => {
+                    let left = match deadline {
+                        None => None,
+                        Some(d) => match d.checked_duration_since(Instant::now()) {
+                            Some(left) if !left.is_zero() => Some(left),
+                            _ => return (state, false),
+                        },
+                    };
+                    state = match left {
+                        None => self.done.wait(state).unwrap_or_else(|e| e.into_inner()),
+                        Some(left) => {
+                            self.done
+                                .wait_timeout(state, left)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0
+                        }
+                    };
+                }
+            }
+        }
     }
 
     fn take(state: &mut State<T>) -> Result<T, JobError> {
@@ -443,7 +553,7 @@ fn run_callback<T>(callback: Callback<T>, result: &Result<T, JobError>) {
 /// [`cancel`](AsyncResult::cancel).
 ///
 /// Dropping an `AsyncResult`, awaited or not, does not stop its task: the task runs to
-/// its end (callbacks run) and its value is dropped, as with `multiprocessing`. To stop
+/// its end and its value is dropped, as with `multiprocessing`. To stop
 /// the task when the handle goes away (an `.await` inside `tokio::time::timeout` or
 /// `select!` that loses), wrap it with [`cancel_on_drop`](AsyncResult::cancel_on_drop).
 ///
@@ -556,8 +666,10 @@ impl<T: Send + 'static> AsyncResult<T> {
     }
 
     /// Runs `callback` with the outcome once the task resolves (at once, on this
-    /// thread, if it already has; otherwise on the pool's supervisor thread, so keep it
-    /// short). A panicking callback is logged and changes nothing else.
+    /// thread, if it already has; otherwise on the pool's callbacks thread, one
+    /// callback at a time, so keep it short). A callback may use the pool (`apply`,
+    /// `terminate`, dropping the pool). A panicking callback is logged and changes
+    /// nothing else.
     pub fn on_complete(&self, callback: impl FnOnce(&Result<T, JobError>) + Send + 'static) {
         self.slot.on_complete(Box::new(callback));
     }
@@ -569,14 +681,11 @@ impl<T: Send + 'static> Future for AsyncResult<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.slot.lock();
         match &mut *state {
-            State::Pending { waker, .. } => {
+            // Callbacks still to run, or running: woken after them.
+            State::Pending { waker, .. }
+            | State::Deferred { waker, .. }
+            | State::Completing { waker, .. } => {
                 *waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-            // Callbacks are still running: the completer notifies the condvar, not the
-            // waker, after them; wake ourselves so the executor polls again shortly.
-            State::Completing { .. } => {
-                cx.waker().wake_by_ref();
                 Poll::Pending
             }
             _ => Poll::Ready(Slot::take(&mut state)),

@@ -9,11 +9,15 @@
 //! thread that forked a worker, and only the thread that reaps a pid may signal it
 //! without racing pid reuse.
 //!
-//! A task is owned by exactly one place at a time (the queue, or a worker's in-flight
-//! list) and is consumed when delivered; this is what makes "resolves exactly once"
-//! structural rather than a matter of bookkeeping.
+//! A task is owned by exactly one place at a time (the queue, or a worker's ledger,
+//! `inflight`) and is consumed when resolved; this is what makes "resolves exactly
+//! once" structural rather than a matter of bookkeeping. Whether a task sent to a
+//! worker started is settled by the worker's slots, never by its place in the ledger,
+//! and a worker's stream is read to its end before the worker is forgotten, so no
+//! reply is lost with it. Resolving hands the outcome to the result handler
+//! (`completion`): no user code runs on this thread.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,8 +29,10 @@ use pool_worker::protocol::{self, Hello, Reply, Request};
 use pool_worker::slots::Slots;
 
 use crate::TaskOptions;
+use crate::completion::Completions;
 use crate::conn::{Conn, ReadEnd};
-use crate::error::{Error, JobError, LostCause, describe_exitcode};
+use crate::error::{EXIT_UNKNOWN, Error, JobError, LostCause, describe_exitcode};
+use crate::inflight::{Answered, Cancelled, Ledger};
 use crate::launch;
 use crate::launch::StartMethod;
 use crate::pool::{Accepting, Config, JobTable, Regions, Shared};
@@ -66,11 +72,6 @@ pub(crate) struct Task {
     pub options: TaskOptions,
     /// Runs of this task lost with their worker so far.
     pub lost_runs: u32,
-    /// Sent ahead to a worker that had started it by the time the supervisor tried
-    /// to take it back (so it is not tried again).
-    pub revoking: bool,
-    /// Its place among the tasks sent to its current worker (its slot there).
-    pub seq: u64,
     /// Queues and pipes among the arguments, counted as held until the task resolves
     /// (never read: dropping the task releases them).
     pub _holds: Vec<crate::sync::Hold>,
@@ -79,15 +80,15 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    fn resolve(self, delivery: Delivery) {
-        let _task = self.span.enter();
-        tracing::trace!("resolved");
-        self.sink.deliver(self.part, delivery);
+    /// Resolves the task: its outcome goes to the result handler.
+    fn resolve(self, to: &Completions, delivery: Delivery) {
+        self.span.in_scope(|| tracing::trace!("resolved"));
+        to.deliver(self.sink, self.part, delivery);
     }
 
-    fn fail(self, error: JobError) {
+    fn fail(self, to: &Completions, error: JobError) {
         let n = self.arguments;
-        self.resolve(Delivery::Items(vec![Err(error); n]));
+        self.resolve(to, Delivery::Items(vec![Err(error); n]));
     }
 }
 
@@ -100,37 +101,15 @@ pub(crate) enum Command {
     Terminate,
 }
 
-enum Inflight {
-    Init,
-    Task(Task),
-    /// A task cancelled after it was sent ahead to this worker: already resolved; its
-    /// reply, when it comes, is dropped.
-    Cancelled {
-        id: u64,
-        arguments: usize,
-        /// The task's shared memory, which the worker may still read and write.
-        regions: Option<Regions>,
-    },
-}
-
-impl Inflight {
-    /// The shared memory of the task this entry stands for, taken out.
-    fn take_regions(&mut self) -> Option<Regions> {
-        match self {
-            Inflight::Task(t) => t.regions.take(),
-            Inflight::Cancelled { regions, .. } => regions.take(),
-            Inflight::Init => None,
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Starting {
         deadline: Instant,
     },
     Ready,
-    /// Its stream is closed; waiting for the process to end, SIGKILL at `kill_at`.
+    /// Ending: nothing more is sent to it (its stream is shut for writing, so it reads
+    /// the end of it), what it wrote is still read, to the end; waiting for the
+    /// process to end, SIGKILL at `kill_at`.
     Exiting {
         kill_at: Instant,
     },
@@ -138,24 +117,34 @@ enum Phase {
 
 struct Worker {
     pid: u32,
+    /// Its stream, until read to its end (or until it broke the protocol: nothing it
+    /// sends after that is believed).
     conn: Option<Conn>,
     phase: Phase,
     /// Sent and not yet answered, in the order the worker will answer.
-    inflight: VecDeque<Inflight>,
+    ledger: Ledger,
+    /// The start-or-revoke slots' memfd, sent to it once its hello is in.
+    slots_fd: Option<std::os::fd::OwnedFd>,
     /// Tasks ever given to this worker (for `max_tasks_per_child`).
     dispatched: usize,
     /// Whether its hello arrived and was accepted.
     handshaken: bool,
+    /// Whether it has answered anything (its initializer or a task): until then, an
+    /// exit of its own with nothing started is a failure to start (no endless respawn
+    /// of a worker that dies right after its hello).
+    served: bool,
+    /// The supervisor ended it (a cancel, a time limit, retirement, close, terminate):
+    /// its exit is no failure to start.
+    ended: bool,
     /// To be replaced once idle (`max_tasks_per_child` or `max_memory_per_child`):
     /// it gets no new tasks.
     retire: bool,
-    /// When the task at the head of `inflight` started (requests run in order, so it
-    /// started when it was sent to an idle worker or when the one before it ended).
-    head_started: Instant,
     /// How long its last task ran.
     last_task: Option<Duration>,
-    /// Why the supervisor ended this worker on purpose; its running task gets this
-    /// error instead of `WorkerLost`.
+    /// Why the supervisor ended this worker on purpose (it broke the protocol, its
+    /// start failed): its started, unanswered tasks get this error instead of
+    /// `WorkerLost`. (A task cancelled or past its time limit is resolved when that is
+    /// decided, not here.)
     fail_with: Option<JobError>,
     /// `worker` span (pid), entered while the supervisor handles this worker.
     span: tracing::Span,
@@ -166,33 +155,30 @@ struct Worker {
     /// The pid of the fork server that forked it (which reaps and signals it), if one
     /// did. A worker of a fork server that has died or been replaced died with it.
     zygote: Option<u32>,
-    /// Its start-or-revoke slots, when tasks are sent ahead.
-    slots: Option<Slots>,
 }
 
 impl Worker {
-    /// Whether tasks sent ahead wait behind the running one, not yet asked back.
-    fn waiting_ahead(&self) -> bool {
-        self.inflight
-            .iter()
-            .skip(1)
-            .any(|entry| matches!(entry, Inflight::Task(t) if !t.revoking))
-    }
-
     /// Whether the worker may be sent tasks ahead: its last task was short, and the
-    /// one running now has not run long.
+    /// one running now (if any) has not run long.
     fn pipelining(&self, now: Instant) -> bool {
         self.last_task.is_some_and(|d| d < PIPELINE_BELOW)
-            && (self.inflight.is_empty()
-                || now.saturating_duration_since(self.head_started) < PIPELINE_BELOW)
+            && self
+                .ledger
+                .running(now)
+                .is_none_or(|r| now.saturating_duration_since(r.started) < PIPELINE_BELOW)
     }
 
     /// When the running task passes its time limit, if it has one.
-    fn head_deadline(&self) -> Option<Instant> {
-        match self.inflight.front() {
-            Some(Inflight::Task(t)) => t.options.timeout.map(|limit| self.head_started + limit),
-            _ => None,
-        }
+    fn head_deadline(&self, now: Instant) -> Option<Instant> {
+        self.ledger.running(now).and_then(|r| r.deadline)
+    }
+
+    /// Whether tasks wait behind one that has run long enough to take them back.
+    fn revoke_at(&self, now: Instant) -> Option<Instant> {
+        let running = self.ledger.running(now)?;
+        self.ledger
+            .waiting_ahead()
+            .then_some(running.started + REVOKE_AFTER)
     }
 }
 
@@ -226,6 +212,8 @@ pub(crate) struct Supervisor {
     zygote: Option<Zygote>,
     /// Fork servers that died, still to be reaped.
     dead_zygotes: Vec<u32>,
+    /// Where resolved tasks go: the result handler.
+    completions: Completions,
 }
 
 impl Supervisor {
@@ -235,6 +223,7 @@ impl Supervisor {
         shared: Arc<Shared>,
         config: Arc<Config>,
         ready: Sender<Result<Arc<JobTable>, Error>>,
+        completions: Completions,
     ) -> Supervisor {
         let now = Instant::now();
         Supervisor {
@@ -255,6 +244,7 @@ impl Supervisor {
             next_sweep: now,
             zygote: None,
             dead_zygotes: Vec::new(),
+            completions,
         }
     }
 
@@ -290,6 +280,7 @@ impl Supervisor {
             }
             self.tend();
             self.revoke_waiting();
+            self.retire_spent();
             self.dispatch();
             self.replenish();
             self.fail_stranded_tasks();
@@ -311,14 +302,13 @@ impl Supervisor {
         for w in self.workers.values() {
             match w.phase {
                 Phase::Starting { deadline } => at = at.min(deadline),
+                // While its stream is open, its end (read as a hang-up) wakes the loop;
+                // after that, the process is about to be reapable.
+                Phase::Exiting { kill_at } if w.conn.is_some() => at = at.min(kill_at),
                 Phase::Exiting { .. } => at = at.min(now + REAP_EVERY),
                 Phase::Ready => {
-                    if let Some(deadline) = w.head_deadline() {
-                        at = at.min(deadline);
-                    }
-                    if w.waiting_ahead() {
-                        at = at.min(w.head_started + REVOKE_AFTER);
-                    }
+                    let next = [w.head_deadline(now), w.revoke_at(now)];
+                    at = next.into_iter().flatten().fold(at, Instant::min);
                 }
             }
         }
@@ -338,7 +328,9 @@ impl Supervisor {
                         self.queue.extend(tasks);
                     } else {
                         // Callers check under the port lock first; this is a backstop.
-                        tasks.into_iter().for_each(|t| t.fail(JobError::PoolClosed));
+                        for t in tasks {
+                            t.fail(&self.completions, JobError::PoolClosed);
+                        }
                     }
                 }
                 Ok(Command::Cancel(ids)) => self.cancel(&ids),
@@ -358,40 +350,52 @@ impl Supervisor {
         }
     }
 
+    /// Cancels tasks: one pass over the queue and one over the workers' ledgers,
+    /// whatever the number of ids (a `map` of 100k chunks cancels 100k ids at once).
+    /// A task a worker has not started is taken back; a started one is stopped by
+    /// ending its worker. Replies already in a worker's stream are read first: a task
+    /// that finished keeps its value.
     fn cancel(&mut self, ids: &[u64]) {
-        for &id in ids {
-            if let Some(at) = self.queue.iter().position(|t| t.id == id) {
-                if let Some(task) = self.queue.remove(at) {
-                    task.fail(JobError::Cancelled);
-                }
-                continue;
+        let mut ids: HashSet<u64> = ids.iter().copied().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let queue = std::mem::take(&mut self.queue);
+        for task in queue {
+            if ids.remove(&task.id) {
+                task.fail(&self.completions, JobError::Cancelled);
+            } else {
+                self.queue.push_back(task);
             }
-            let found = self.workers.iter_mut().find_map(|(token, w)| {
-                let at = w
-                    .inflight
-                    .iter()
-                    .position(|e| matches!(e, Inflight::Task(t) if t.id == id))?;
-                Some((*token, at, w))
-            });
-            match found {
-                // Running: the only way to stop it is to end its worker.
-                Some((token, 0, _)) => self.kill(token, JobError::Cancelled),
-                Some((_, at, w)) => {
-                    let Some(Inflight::Task(task)) = w.inflight.get_mut(at) else {
-                        continue;
-                    };
-                    let tombstone = Inflight::Cancelled {
-                        id,
-                        arguments: task.arguments,
-                        regions: task.regions.take(),
-                    };
-                    if let Inflight::Task(task) = std::mem::replace(&mut w.inflight[at], tombstone)
-                    {
-                        task.fail(JobError::Cancelled);
+        }
+        if ids.is_empty() {
+            return;
+        }
+        let tokens: Vec<Token> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| ids.iter().any(|id| w.ledger.holds(*id)))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            self.read(token);
+            let Some(w) = self.workers.get_mut(&token) else {
+                continue;
+            };
+            let mut end = false;
+            for id in &ids {
+                match w.ledger.cancel(*id) {
+                    Cancelled::NotHere => {}
+                    Cancelled::TakenBack(task) => task.fail(&self.completions, JobError::Cancelled),
+                    Cancelled::Stopped(task) => {
+                        task.fail(&self.completions, JobError::Cancelled);
+                        end = true;
                     }
                 }
-                // Already resolved: nothing to do.
-                None => {}
+            }
+            if end {
+                // Running: the only way to stop it is to end its worker.
+                self.kill(token, "a task it runs was cancelled");
             }
         }
     }
@@ -430,6 +434,7 @@ impl Supervisor {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
+        let (slots, slots_fd) = Slots::create()?;
         let mut zygote_pid = None;
         let mut launched = if self.config.launch.method == StartMethod::ForkServer {
             let zygote = match &mut self.zygote {
@@ -477,18 +482,19 @@ impl Supervisor {
                 phase: Phase::Starting {
                     deadline: Instant::now() + self.config.start_timeout,
                 },
-                inflight: VecDeque::new(),
+                ledger: Ledger::new(slots),
+                slots_fd: Some(slots_fd),
                 dispatched: 0,
                 handshaken: false,
+                served: false,
+                ended: false,
                 retire: false,
-                head_started: Instant::now(),
                 last_task: None,
                 fail_with: None,
                 span,
                 stderr,
                 oom_kills_at_start: launch::cgroup_oom_kills(),
                 zygote: zygote_pid,
-                slots: None,
             },
         );
         self.publish_pids();
@@ -527,10 +533,10 @@ impl Supervisor {
     fn on_hello(&mut self, token: Token, body: &[u8]) {
         let hello = match protocol::decode_hello(body) {
             Ok(h) => h,
-            Err(e) => return self.kill(token, start_error(format!("bad handshake: {e}"))),
+            Err(e) => return self.broke(token, start_error(format!("bad handshake: {e}"))),
         };
         if let Err(message) = self.check_jobs(&hello) {
-            return self.kill(token, start_error(message));
+            return self.broke(token, start_error(message));
         }
         let Some(w) = self.workers.get_mut(&token) else {
             return;
@@ -538,24 +544,14 @@ impl Supervisor {
         tracing::debug!(pid = w.pid, jobs = hello.jobs.len(), "worker ready");
         w.phase = Phase::Ready;
         w.handshaken = true;
-        if self.config.tasks_per_worker > 1 {
-            match slots_frame() {
-                Ok((slots, frame, fd)) => {
-                    if let Some(conn) = w.conn.as_mut() {
-                        conn.queue(frame.into(), vec![fd]);
-                        w.slots = Some(slots);
-                    }
-                }
-                // Without slots nothing is sent ahead to this worker.
-                Err(e) => tracing::warn!(error = %e, "no start-or-revoke slots"),
-            }
+        // Every worker starts tasks through its slots, sent ahead or not: they say
+        // whether and when it started each.
+        if let (Some(fd), Some(conn)) = (w.slots_fd.take(), w.conn.as_mut()) {
+            conn.queue(use_slots_frame(), vec![fd]);
         }
         if let (Some(frame), Some(conn)) = (&self.init_frame, w.conn.as_mut()) {
-            w.inflight.push_back(Inflight::Init);
+            w.ledger.send_init(Instant::now());
             conn.queue(frame.clone(), Vec::new());
-        } else {
-            // Ready for tasks: starting workers works again.
-            self.start_failures = 0;
         }
         self.flush(token);
         if self.ready.is_some() {
@@ -606,16 +602,14 @@ impl Supervisor {
             return;
         };
         if let Err(e) = conn.flush() {
-            // The worker is gone or going; its exit is attributed when it is reaped.
+            // The worker is gone or going; its exit is attributed when it is reaped, and
+            // what it answered before it went is read to the end of its stream.
             tracing::debug!(error = %e, "write to worker failed");
-            // What it answered before it went is still in the socket: the replies to
-            // the tasks it finished (several, when tasks were sent ahead). Take them
-            // first, or those tasks would be blamed for its death.
-            self.read(token);
             self.close_conn(token, EXIT_GRACE);
         }
     }
 
+    /// Reads what the worker has written, to the end of its stream if it has ended.
     fn read(&mut self, token: Token) {
         let Some(span) = self.workers.get(&token).map(|w| w.span.clone()) else {
             return;
@@ -646,25 +640,26 @@ impl Supervisor {
                 self.on_frame(token, &frame);
             }
             if let Some(e) = bad {
-                return self.kill(
-                    token,
-                    JobError::Protocol {
-                        message: e.to_string(),
-                    },
-                );
+                let message = e.to_string();
+                return self.broke(token, JobError::Protocol { message });
             }
             match end {
                 Ok(ReadEnd::More) => continue,
                 Ok(ReadEnd::Open) => return,
                 Ok(ReadEnd::Closed) | Err(_) => {
+                    let Some(w) = self.workers.get_mut(&token) else {
+                        return;
+                    };
                     if partial > 0 {
-                        if let Some(w) = self.workers.get_mut(&token) {
-                            w.fail_with.get_or_insert(JobError::Protocol {
-                                message: format!(
-                                    "stream ended inside a message ({partial} bytes of it arrived)"
-                                ),
-                            });
-                        }
+                        w.fail_with.get_or_insert(JobError::Protocol {
+                            message: format!(
+                                "stream ended inside a message ({partial} bytes of it arrived)"
+                            ),
+                        });
+                    }
+                    // Read to its end: nothing more can come.
+                    if let Some(mut conn) = w.conn.take() {
+                        let _ = self.poll.registry().deregister(&mut conn.stream);
                     }
                     return self.close_conn(token, EXIT_GRACE);
                 }
@@ -694,12 +689,10 @@ impl Supervisor {
         }
         match protocol::decode::<Reply>(body) {
             Ok(reply) => self.on_reply(token, reply),
-            Err(e) => self.kill(
-                token,
-                JobError::Protocol {
-                    message: e.to_string(),
-                },
-            ),
+            Err(e) => {
+                let message = e.to_string();
+                self.broke(token, JobError::Protocol { message })
+            }
         }
     }
 
@@ -707,6 +700,7 @@ impl Supervisor {
         let Some(w) = self.workers.get_mut(&token) else {
             return;
         };
+        let answers = w.ledger.head_answered_by(&reply);
         // A shared reply's descriptor arrived with its frame: take it now, whatever
         // becomes of the reply, so descriptors and frames stay paired.
         let max = self.config.max_message_size as u64;
@@ -721,9 +715,12 @@ impl Supervisor {
             _ => shared_outcomes(
                 &reply,
                 || w.conn.as_mut().and_then(Conn::take_fd),
-                || match w.inflight.front_mut() {
-                    Some(head) if answers(&reply, head) => head.take_regions(),
-                    _ => None,
+                || {
+                    if answers {
+                        w.ledger.take_head_regions()
+                    } else {
+                        None
+                    }
                 },
             ),
         };
@@ -731,101 +728,120 @@ impl Supervisor {
             Ok(shared) => shared,
             Err(e) => {
                 let message = format!("shared results: {e}");
-                return self.kill(token, JobError::Protocol { message });
+                return self.broke(token, JobError::Protocol { message });
             }
         };
-        match (reply, w.inflight.front()) {
-            (Reply::InitDone, Some(Inflight::Init)) => {
-                w.inflight.pop_front();
-                w.head_started = Instant::now();
-                self.start_failures = 0;
-            }
-            (Reply::InitFailed { message }, Some(Inflight::Init)) => {
-                // `Init` stays at the head: the exit then counts as a start failure.
-                w.fail_with = Some(start_error(format!("the initializer failed: {message}")));
-                // The worker exits after saying so.
-                return self.close_conn(token, EXIT_GRACE);
-            }
-            (
-                reply @ (Reply::Done { .. }
-                | Reply::DoneBatch { .. }
-                | Reply::DoneBatchShared { .. }
-                | Reply::DoneBatchInScratch { .. }),
-                Some(head),
-            ) if answers(&reply, head) => {
-                let mut entry = w.inflight.pop_front();
+        if !answers {
+            let expected = w.ledger.describe_head();
+            let got = match &reply {
+                Reply::InitDone | Reply::InitFailed { .. } => "an initializer reply".into(),
+                Reply::Done { task, outcomes } => {
+                    format!("a reply to task {task} ({} outcomes)", outcomes.len())
+                }
+                Reply::DoneBatch { task, .. }
+                | Reply::DoneBatchShared { task, .. }
+                | Reply::DoneBatchInScratch { task, .. } => {
+                    format!("a batch reply to task {task}")
+                }
+            };
+            let message = format!("worker sent {got} while {expected} was due");
+            return self.broke(token, JobError::Protocol { message });
+        }
+        if let Reply::InitFailed { message } = reply {
+            // `Init` stays at the head: the exit then counts as a start failure.
+            w.fail_with = Some(start_error(format!("the initializer failed: {message}")));
+            // The worker exits after saying so.
+            return self.close_conn(token, EXIT_GRACE);
+        }
+        let now = Instant::now();
+        let ran = w
+            .ledger
+            .running(now)
+            .map(|r| now.saturating_duration_since(r.started));
+        let answered = w.ledger.answered();
+        if answered.is_some() && !w.served {
+            // It works: starting workers works again.
+            w.served = true;
+            self.start_failures = 0;
+        }
+        match answered {
+            Some(Answered::Init) => {}
+            // Resolved already (cancelled, timed out): the reply is dropped, and the
+            // worker is done with the task's shared memory.
+            Some(Answered::Resolved(Some(regions))) => regions.recycle(),
+            Some(Answered::Resolved(None)) => {}
+            Some(Answered::Task(mut t)) => {
                 // The worker has answered: it touches the task's shared memory no more.
-                if let Some(regions) = entry.as_mut().and_then(Inflight::take_regions) {
+                if let Some(regions) = t.regions.take() {
                     regions.recycle();
                 }
-                let now = Instant::now();
-                let ran = now.saturating_duration_since(w.head_started);
-                w.head_started = now;
-                // A cancelled task's reply is dropped: it was resolved already.
-                if let Some(Inflight::Task(t)) = entry {
-                    w.last_task = Some(ran);
-                    tracing::trace!(task = t.id, pid = w.pid, ?ran, "task done");
-                    if let Some(cap) = self.config.max_memory_per_child {
-                        if launch::resident_bytes(w.pid).is_some_and(|rss| rss > cap) {
-                            tracing::debug!(pid = w.pid, cap, "worker over its memory cap");
-                            w.retire = true;
+                w.last_task = ran;
+                tracing::trace!(task = t.id, pid = w.pid, ?ran, "task done");
+                if let Some(cap) = self.config.max_memory_per_child {
+                    if launch::resident_bytes(w.pid).is_some_and(|rss| rss > cap) {
+                        tracing::debug!(pid = w.pid, cap, "worker over its memory cap");
+                        w.retire = true;
+                        // What was sent ahead and not started runs elsewhere.
+                        for back in w.ledger.take_back(false).into_iter().rev() {
+                            self.queue.push_front(back);
                         }
                     }
-                    match reply_delivery(reply, t.arguments, shared) {
-                        Ok(delivery) => t.resolve(delivery),
-                        Err(_) => unreachable!("only replies to a task reach here"),
-                    }
+                }
+                match reply_delivery(reply, t.arguments, shared) {
+                    Ok(delivery) => t.resolve(&self.completions, delivery),
+                    Err(_) => t.fail(
+                        &self.completions,
+                        JobError::Protocol {
+                            message: "a reply without its outcomes".into(),
+                        },
+                    ),
                 }
             }
-            (reply, head) => {
-                let expected = match head {
-                    Some(Inflight::Init) => "the initializer's reply".to_owned(),
-                    Some(Inflight::Task(Task { id, arguments, .. }))
-                    | Some(Inflight::Cancelled { id, arguments, .. }) => {
-                        format!("the reply to task {id} ({arguments} outcomes)")
-                    }
-                    None => "nothing".to_owned(),
-                };
-                let got = match reply {
-                    Reply::InitDone | Reply::InitFailed { .. } => "an initializer reply".into(),
-                    Reply::Done { task, outcomes } => {
-                        format!("a reply to task {task} ({} outcomes)", outcomes.len())
-                    }
-                    Reply::DoneBatch { task, .. }
-                    | Reply::DoneBatchShared { task, .. }
-                    | Reply::DoneBatchInScratch { task, .. } => {
-                        format!("a batch reply to task {task}")
-                    }
-                };
-                return self.kill(
-                    token,
-                    JobError::Protocol {
-                        message: format!("worker sent {got} while {expected} was due"),
-                    },
-                );
-            }
+            None => {}
         }
         self.retire_if_spent(token);
+    }
+
+    /// Recycles every worker to be retired that has nothing left in flight (its last
+    /// task may have left by a reply, a cancel or a take-back).
+    fn retire_spent(&mut self) {
+        let tokens: Vec<Token> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.retire && w.phase == Phase::Ready && w.ledger.is_empty())
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            self.retire_if_spent(token);
+        }
     }
 
     fn retire_if_spent(&mut self, token: Token) {
         let Some(w) = self.workers.get(&token) else {
             return;
         };
-        if w.retire && w.inflight.is_empty() && w.phase == Phase::Ready {
+        if w.retire && w.ledger.is_empty() && w.phase == Phase::Ready {
             tracing::debug!(pid = w.pid, tasks = w.dispatched, "recycling worker");
             self.close_conn(token, EXIT_GRACE);
+            if let Some(w) = self.workers.get_mut(&token) {
+                w.ended = true;
+            }
         }
     }
 
-    /// Closes the supervisor's end: the worker sees end of stream and exits. The
-    /// process is reaped later; it is SIGKILLed if it is still there after `grace`.
+    /// Sends the worker nothing more: it sees the end of its stream and exits. What it
+    /// wrote is still read, to the end. The process is reaped later; it is SIGKILLed if
+    /// it is still there after `grace`.
     fn close_conn(&mut self, token: Token, grace: Duration) {
         let Some(w) = self.workers.get_mut(&token) else {
             return;
         };
-        if let Some(mut conn) = w.conn.take() {
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Some(conn) = w.conn.as_mut() {
+            conn.close_write();
+            let _ = self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, token, Interest::READABLE);
         }
         if !matches!(w.phase, Phase::Exiting { .. }) {
             w.phase = Phase::Exiting {
@@ -847,30 +863,44 @@ impl Supervisor {
         }
     }
 
-    /// Ends a worker: SIGTERM, then SIGKILL after `grace` (at once if zero); its
-    /// running task (or its start) fails with `reason`.
-    fn end(&mut self, token: Token, reason: JobError, grace: Duration) {
+    /// Ends a worker: SIGTERM, then SIGKILL after `grace` (at once if zero).
+    fn end(&mut self, token: Token, why: &str, grace: Duration) {
         if grace.is_zero() {
-            return self.kill(token, reason);
+            return self.kill(token, why);
         }
-        let Some(w) = self.workers.get_mut(&token) else {
-            return;
-        };
-        w.fail_with.get_or_insert(reason);
+        if let Some(w) = self.workers.get_mut(&token) {
+            w.span.in_scope(|| tracing::debug!(why, "ending worker"));
+            w.ended = true;
+        }
         self.signal(token, Signal::SIGTERM);
         self.close_conn(token, grace);
     }
 
-    /// Ends a worker now; its running task (or its start) fails with `reason`.
-    fn kill(&mut self, token: Token, reason: JobError) {
+    /// Ends a worker now (SIGKILL); what it wrote before is still read.
+    fn kill(&mut self, token: Token, why: &str) {
+        let Some(w) = self.workers.get_mut(&token) else {
+            return;
+        };
+        w.span.in_scope(|| tracing::debug!(why, "killing worker"));
+        w.ended = true;
+        self.signal(token, Signal::SIGKILL);
+        self.close_conn(token, Duration::ZERO);
+    }
+
+    /// The worker broke the protocol or failed to start: nothing more it sends is
+    /// believed, it is killed, and its started, unanswered tasks (or its start) fail
+    /// with `error`.
+    fn broke(&mut self, token: Token, error: JobError) {
         let Some(w) = self.workers.get_mut(&token) else {
             return;
         };
         w.span
-            .in_scope(|| tracing::warn!(%reason, "killing worker"));
-        w.fail_with.get_or_insert(reason);
-        self.signal(token, Signal::SIGKILL);
-        self.close_conn(token, Duration::ZERO);
+            .in_scope(|| tracing::warn!(reason = %error, "killing worker"));
+        w.fail_with.get_or_insert(error);
+        if let Some(mut conn) = w.conn.take() {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+        self.kill(token, "it broke the protocol");
     }
 
     // ----- workers: reaping -----
@@ -882,10 +912,13 @@ impl Supervisor {
         if sweep {
             self.next_sweep = now + SWEEP_EVERY;
         }
+        for w in self.workers.values_mut() {
+            w.ledger.observe(now);
+        }
         let tokens: Vec<Token> = self
             .workers
             .iter()
-            .filter(|(_, w)| sweep || w.phase != Phase::Ready || w.head_deadline().is_some())
+            .filter(|(_, w)| sweep || w.phase != Phase::Ready || w.head_deadline(now).is_some())
             .map(|(t, _)| *t)
             .collect();
         if let Some(z) = &mut self.zygote {
@@ -913,15 +946,13 @@ impl Supervisor {
             };
             match reaped {
                 Ok(Some(reaped)) => {
-                    // Anything it wrote before dying is still in the socket: take it.
-                    if w.conn.is_some() {
-                        self.read(token);
-                    }
+                    // Everything it wrote before it died is in its stream: read it all.
+                    self.read(token);
                     self.on_exit(token, reaped);
                 }
                 Ok(None) => match w.phase {
-                    Phase::Ready if w.head_deadline().is_some_and(|d| now >= d) => {
-                        self.end(token, JobError::Timeout, self.config.timeout_grace);
+                    Phase::Ready if w.head_deadline(now).is_some_and(|d| now >= d) => {
+                        self.time_limit(token);
                     }
                     Phase::Starting { deadline } if now >= deadline => {
                         let message = format!(
@@ -929,24 +960,63 @@ impl Supervisor {
                              its main call procpool::init() first thing?)",
                             w.pid, self.config.start_timeout
                         );
-                        self.kill(token, start_error(message));
+                        self.broke(token, start_error(message));
                     }
                     Phase::Exiting { kill_at } if now >= kill_at => {
                         self.signal(token, Signal::SIGKILL);
                     }
                     _ => {}
                 },
-                Err(e) => {
-                    tracing::error!(pid = w.pid, error = %e, "cannot wait for worker");
-                    self.kill(
+                // Reaped by someone else: the kernel, when the program ignores SIGCHLD.
+                // Its status is lost, but it is gone.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ECHILD) => {
+                    let pid = w.pid;
+                    self.read(token);
+                    self.on_exit(
                         token,
-                        JobError::Protocol {
-                            message: e.to_string(),
+                        Reaped {
+                            pid,
+                            exitcode: EXIT_UNKNOWN,
+                            peak_rss: 0,
                         },
                     );
                 }
+                Err(e) => {
+                    tracing::error!(pid = w.pid, error = %e, "cannot wait for worker");
+                    let message = e.to_string();
+                    self.broke(token, JobError::Protocol { message });
+                }
             }
         }
+    }
+
+    /// The running task of worker `token` looks past its time limit. Its reply may be
+    /// in the stream already (the supervisor looks late when it is busy): read first,
+    /// then decide on what the worker says it is running.
+    fn time_limit(&mut self, token: Token) {
+        self.read(token);
+        let now = Instant::now();
+        let Some(w) = self.workers.get_mut(&token) else {
+            return;
+        };
+        if w.phase != Phase::Ready || w.head_deadline(now).is_none_or(|d| now < d) {
+            return;
+        }
+        // Stopped in its slot, or finished meanwhile (then its reply is coming).
+        let Some(task) = w.ledger.expire_head() else {
+            return;
+        };
+        tracing::warn!(task = task.id, pid = w.pid, "task past its time limit");
+        task.fail(&self.completions, JobError::Timeout);
+        // What waits behind it runs elsewhere.
+        for back in w.ledger.take_back(false).into_iter().rev() {
+            self.queue.push_front(back);
+        }
+        self.end(
+            token,
+            "its task ran past its time limit",
+            self.config.timeout_grace,
+        );
     }
 
     fn on_exit(&mut self, token: Token, reaped: Reaped) {
@@ -966,14 +1036,28 @@ impl Supervisor {
         }
         self.publish_pids();
         let pid = w.pid;
-        let head = w.inflight.pop_front();
-        let starting = !w.handshaken || matches!(head, Some(Inflight::Init));
+        let cause = lost_cause(&w, &reaped);
+        let broke = matches!(w.fail_with, Some(JobError::Protocol { .. }));
+        let lost = w.ledger.lost(broke);
+        // Tasks it never started run elsewhere, first, in order, as if new.
+        for task in lost.never_started.into_iter().rev() {
+            self.queue.push_front(task);
+        }
+        // Died on its own before it ran anything (not ended by the supervisor, nor by a
+        // SIGKILL from outside): it cannot serve, like one that failed its hello.
+        let died_unused =
+            !w.served && !w.ended && lost.started.is_empty() && code != -(Signal::SIGKILL as i32);
+        let starting = !w.handshaken || lost.in_init || died_unused;
         if starting && self.wants_workers() {
             let message = match w.fail_with.take() {
                 Some(JobError::StartFailed { message }) => message,
                 Some(other) => other.to_string(),
-                None if w.handshaken => format!(
+                None if lost.in_init => format!(
                     "worker {pid} {} while running the initializer",
+                    describe_exitcode(code)
+                ),
+                None if w.handshaken => format!(
+                    "worker {pid} {} after its handshake, before it ran anything",
                     describe_exitcode(code)
                 ),
                 None => format!(
@@ -984,46 +1068,44 @@ impl Supervisor {
                 ),
             };
             self.start_failed(message);
-        } else if let Some(Inflight::Task(mut task)) = head {
-            match w.fail_with.take() {
-                // Killed on purpose (time limit, bad message): that is the task's error.
-                Some(error) => {
-                    tracing::warn!(task = task.id, %error, "worker ended with a task");
-                    task.fail(error);
-                }
-                None => {
-                    task.lost_runs += 1;
-                    if task.lost_runs <= task.options.retries {
-                        tracing::warn!(
-                            task = task.id,
-                            exitcode = code,
-                            attempt = task.lost_runs,
-                            "worker lost with a task; retrying it"
-                        );
-                        self.queue.push_front(task);
-                    } else {
-                        let error = JobError::WorkerLost {
-                            pid,
-                            exitcode: code,
-                            attempts: task.lost_runs,
-                            cause: Box::new(lost_cause(&w, &reaped)),
-                        };
-                        tracing::warn!(task = task.id, %error, "worker lost with a task");
-                        task.fail(error);
-                    }
-                }
-            }
-        } else if let Some(error) = w.fail_with.take() {
-            tracing::warn!(pid, %error, "worker ended");
-        } else {
-            tracing::debug!(pid, exitcode = code, "worker exited");
         }
-        // Tasks queued behind the one that ran never started: they go back in front,
-        // in order, to run elsewhere.
-        for entry in w.inflight.into_iter().rev() {
-            if let Inflight::Task(t) = entry {
-                self.queue.push_front(t);
+        if lost.started.is_empty() {
+            match w.fail_with.take() {
+                Some(error) => tracing::warn!(pid, %error, "worker ended"),
+                None => tracing::debug!(pid, exitcode = code, "worker exited"),
             }
+        }
+        // Tasks it started and never answered: each run counts as an attempt.
+        let mut retried = Vec::new();
+        for mut task in lost.started {
+            if let Some(error) = &w.fail_with {
+                // Ended on purpose (it broke the protocol): that is the task's error.
+                tracing::warn!(task = task.id, %error, "worker ended with a task");
+                task.fail(&self.completions, error.clone());
+                continue;
+            }
+            task.lost_runs += 1;
+            if task.lost_runs <= task.options.retries {
+                tracing::warn!(
+                    task = task.id,
+                    exitcode = code,
+                    attempt = task.lost_runs,
+                    "worker lost with a task; retrying it"
+                );
+                retried.push(task);
+            } else {
+                let error = JobError::WorkerLost {
+                    pid,
+                    exitcode: code,
+                    attempts: task.lost_runs,
+                    cause: Box::new(cause.clone()),
+                };
+                tracing::warn!(task = task.id, %error, "worker lost with a task");
+                task.fail(&self.completions, error);
+            }
+        }
+        for task in retried.into_iter().rev() {
+            self.queue.push_front(task);
         }
     }
 
@@ -1037,9 +1119,12 @@ impl Supervisor {
             return;
         }
         for t in self.queue.drain(..) {
-            t.fail(JobError::StartFailed {
-                message: message.clone(),
-            });
+            t.fail(
+                &self.completions,
+                JobError::StartFailed {
+                    message: message.clone(),
+                },
+            );
         }
     }
 
@@ -1055,47 +1140,39 @@ impl Supervisor {
                 .workers
                 .iter_mut()
                 .filter(|(_, w)| {
-                    let room = if w.slots.is_some() && w.pipelining(now) {
-                        per_worker
-                    } else {
-                        1
-                    };
+                    let room = if w.pipelining(now) { per_worker } else { 1 };
                     w.phase == Phase::Ready
                         && w.conn.is_some()
                         && !w.retire
-                        && w.inflight.len() < room
+                        && w.ledger.len() < room
+                        && w.ledger.can_send()
                 })
-                .min_by_key(|(_, w)| w.inflight.len())
+                .min_by_key(|(_, w)| w.ledger.len())
             else {
                 break;
             };
             let Some(mut task) = self.queue.pop_front() else {
                 break;
             };
-            task.revoking = false;
             let fds = match task.regions.as_mut().map(Regions::fds).transpose() {
                 Ok(fds) => fds.unwrap_or_default(),
                 Err(e) => {
-                    task.fail(JobError::Protocol {
-                        message: format!("the task's shared memory cannot be sent: {e}"),
-                    });
+                    task.fail(
+                        &self.completions,
+                        JobError::Protocol {
+                            message: format!("the task's shared memory cannot be sent: {e}"),
+                        },
+                    );
                     continue;
                 }
             };
             let Some(conn) = w.conn.as_mut() else { break };
-            task.seq = w.dispatched as u64;
-            if let Some(slots) = &w.slots {
-                slots.queue(task.seq, task.id);
-            }
-            if w.inflight.is_empty() {
-                w.head_started = Instant::now();
-            }
-            conn.queue(task.frame.clone(), fds);
+            let frame = w.ledger.send(task, now);
+            conn.queue(frame, fds);
             w.dispatched += 1;
             if max_tasks.is_some_and(|m| w.dispatched >= m) {
                 w.retire = true;
             }
-            w.inflight.push_back(Inflight::Task(task));
             touched.push(token);
         }
         touched.dedup();
@@ -1110,37 +1187,19 @@ impl Supervisor {
     /// `pool_worker::slots`).
     fn revoke_waiting(&mut self) {
         let now = Instant::now();
+        let mut back = Vec::new();
         for w in self.workers.values_mut() {
-            if w.phase != Phase::Ready
-                || now.saturating_duration_since(w.head_started) < REVOKE_AFTER
-                || !w.waiting_ahead()
-            {
+            if w.phase != Phase::Ready || w.revoke_at(now).is_none_or(|at| now < at) {
                 continue;
             }
-            let Some(slots) = &w.slots else { continue };
-            let mut back = Vec::new();
-            let mut kept = VecDeque::with_capacity(w.inflight.len());
-            for (i, entry) in w.inflight.drain(..).enumerate() {
-                match entry {
-                    Inflight::Task(mut t) if i > 0 && !t.revoking => {
-                        if slots.revoke(t.seq, t.id) {
-                            back.push(t);
-                        } else {
-                            // It started: its reply comes as usual.
-                            t.revoking = true;
-                            kept.push_back(Inflight::Task(t));
-                        }
-                    }
-                    other => kept.push_back(other),
-                }
+            let taken = w.ledger.take_back(true);
+            if !taken.is_empty() {
+                tracing::debug!(pid = w.pid, tasks = taken.len(), "tasks taken back");
             }
-            w.inflight = kept;
-            if !back.is_empty() {
-                tracing::debug!(pid = w.pid, tasks = back.len(), "tasks taken back");
-            }
-            for t in back.into_iter().rev() {
-                self.queue.push_front(t);
-            }
+            back.extend(taken);
+        }
+        for t in back.into_iter().rev() {
+            self.queue.push_front(t);
         }
     }
 
@@ -1148,17 +1207,20 @@ impl Supervisor {
         if self.phase != PoolPhase::Closing || !self.queue.is_empty() {
             return;
         }
-        if self.workers.values().any(|w| !w.inflight.is_empty()) {
+        if self.workers.values().any(|w| !w.ledger.is_empty()) {
             return;
         }
         let open: Vec<Token> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.conn.is_some())
+            .filter(|(_, w)| !matches!(w.phase, Phase::Exiting { .. }))
             .map(|(t, _)| *t)
             .collect();
         for token in open {
             self.close_conn(token, EXIT_GRACE);
+            if let Some(w) = self.workers.get_mut(&token) {
+                w.ended = true;
+            }
         }
     }
 
@@ -1172,7 +1234,7 @@ impl Supervisor {
         self.phase = PoolPhase::Terminating;
         self.shared.set_accepting(Accepting::Closed);
         for t in self.queue.drain(..) {
-            t.fail(error.clone());
+            t.fail(&self.completions, error.clone());
         }
         let grace = self.config.terminate_grace;
         let tokens: Vec<Token> = self.workers.keys().copied().collect();
@@ -1180,30 +1242,32 @@ impl Supervisor {
             let Some(w) = self.workers.get_mut(&token) else {
                 continue;
             };
-            for entry in w.inflight.drain(..) {
-                if let Inflight::Task(t) = entry {
-                    t.fail(error.clone());
-                }
+            for t in w.ledger.drain_tasks() {
+                t.fail(&self.completions, error.clone());
             }
-            self.end(token, error.clone(), grace);
+            self.end(token, "the pool is terminating", grace);
         }
     }
 
     /// The end of the loop, and the backstop if it unwinds: no worker is left
     /// running or unreaped, no task unresolved.
     fn kill_all_and_reap(&mut self) {
+        // Submissions that raced with the end still resolve.
+        while let Ok(command) = self.commands.try_recv() {
+            if let Command::Submit(tasks) = command {
+                self.queue.extend(tasks);
+            }
+        }
         for t in self.queue.drain(..) {
-            t.fail(JobError::Terminated);
+            t.fail(&self.completions, JobError::Terminated);
         }
         let tokens: Vec<Token> = self.workers.keys().copied().collect();
         for token in tokens {
             self.signal(token, Signal::SIGKILL);
         }
         for (_, mut w) in self.workers.drain() {
-            for entry in w.inflight.drain(..) {
-                if let Inflight::Task(t) = entry {
-                    t.fail(JobError::Terminated);
-                }
+            for t in w.ledger.drain_tasks() {
+                t.fail(&self.completions, JobError::Terminated);
             }
             // The fork server reaps its own workers; closing its channel below ends it.
             if w.zygote.is_none() {
@@ -1261,28 +1325,12 @@ fn lost_cause(w: &Worker, reaped: &Reaped) -> LostCause {
     }
 }
 
-/// Whether `reply` answers the in-flight entry `head` (same task; for a reply with
-/// one outcome per argument, as many as the task has arguments).
-fn answers(reply: &Reply, head: &Inflight) -> bool {
-    let (id, arguments) = match head {
-        Inflight::Task(t) => (t.id, t.arguments),
-        Inflight::Cancelled { id, arguments, .. } => (*id, *arguments),
-        Inflight::Init => return false,
-    };
-    match reply {
-        Reply::Done { task, outcomes } => *task == id && outcomes.len() == arguments,
-        Reply::DoneBatch { task, .. }
-        | Reply::DoneBatchShared { task, .. }
-        | Reply::DoneBatchInScratch { task, .. } => *task == id,
-        _ => false,
-    }
-}
-
-/// New start-or-revoke slots for a worker, and the frame and memfd that give them to it.
-fn slots_frame() -> Result<(Slots, Vec<u8>, std::os::fd::OwnedFd), String> {
-    let (slots, fd) = Slots::create().map_err(|e| e.to_string())?;
-    let frame = protocol::frame(&Request::UseSlots).map_err(|e| e.to_string())?;
-    Ok((slots, frame, fd))
+/// The frame that gives a worker its start-or-revoke slots (their memfd goes with it).
+fn use_slots_frame() -> Arc<[u8]> {
+    // A unit variant always encodes.
+    protocol::frame(&Request::UseSlots)
+        .unwrap_or_default()
+        .into()
 }
 
 fn start_error(message: String) -> JobError {

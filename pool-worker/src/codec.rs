@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::bounded::{self, Ints};
 use crate::payload::{Encoded, SpillTo, SpillWriter};
 use crate::protocol::ItemFailure;
 
@@ -61,13 +62,13 @@ impl Codec {
         })
     }
 
-    /// Decodes a whole value from `bytes`; trailing bytes are an error.
+    /// Decodes a whole value from `bytes`; trailing bytes are an error. The bytes may
+    /// come from another process: no length in them is trusted past the bytes there
+    /// are (see `bounded`), so hostile bytes are an error, never a huge allocation.
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, String> {
         match self {
             Codec::Bincode => {
-                let (value, used) =
-                    bincode::serde::decode_from_slice::<T, _>(bytes, bincode_config())
-                        .map_err(|e| e.to_string())?;
+                let (value, used) = bounded::decode::<T>(bytes, Ints::Fixed)?;
                 if used != bytes.len() {
                     return Err(format!(
                         "{} trailing bytes after the value",
@@ -107,19 +108,17 @@ impl<T: DeserializeOwned> Iterator for DecodeEach<'_, T> {
             return None;
         }
         self.left -= 1;
-        Some(
-            match bincode::serde::decode_from_slice::<T, _>(self.rest, bincode_config()) {
-                Ok((value, used)) => {
-                    self.rest = &self.rest[used..];
-                    Ok(value)
-                }
-                Err(e) => {
-                    // Nothing after a broken element can be found.
-                    self.left = 0;
-                    Err(e.to_string())
-                }
-            },
-        )
+        Some(match bounded::decode::<T>(self.rest, Ints::Fixed) {
+            Ok((value, used)) => {
+                self.rest = &self.rest[used..];
+                Ok(value)
+            }
+            Err(e) => {
+                // Nothing after a broken element can be found.
+                self.left = 0;
+                Err(e)
+            }
+        })
     }
 }
 
@@ -230,6 +229,109 @@ mod tests {
         let mut each = Codec::decode_each::<u64>(&extra).unwrap();
         each.by_ref().for_each(drop);
         assert!(each.finish().is_err(), "trailing bytes");
+    }
+
+    /// Little-endian u64s (the fixed-width integers of [`Codec::Bincode`]), then `tail`.
+    fn words(words: &[u64], tail: &[u8]) -> Vec<u8> {
+        let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        bytes.extend_from_slice(tail);
+        bytes
+    }
+
+    #[test]
+    fn hostile_lengths_inside_strings_bytes_maps_and_nested_types_are_errors() {
+        use std::collections::HashMap;
+        const HUGE: u64 = 1 << 45;
+        // One value: a map of one entry whose key claims 2^45 bytes.
+        let key = words(&[1, 1, HUGE], b"key");
+        assert!(
+            Codec::Bincode
+                .decode::<BatchOutcomes<HashMap<String, Vec<u64>>>>(&key)
+                .is_err()
+        );
+        // ... whose vector claims 2^60 elements.
+        let mut vector = words(&[1, 1, 3], b"key");
+        vector.extend(words(&[1 << 60, 5], &[]));
+        assert!(
+            Codec::Bincode
+                .decode::<BatchOutcomes<HashMap<String, Vec<u64>>>>(&vector)
+                .is_err()
+        );
+        // A map that claims 2^60 entries.
+        let map = words(&[1, 1 << 60], b"k");
+        assert!(
+            Codec::Bincode
+                .decode::<BatchOutcomes<HashMap<String, Vec<u64>>>>(&map)
+                .is_err()
+        );
+        // A byte buffer, a string in a nested struct, a failure's message.
+        let bytes = words(&[1, HUGE], &[7; 12]);
+        assert!(
+            Codec::Bincode
+                .decode::<BatchOutcomes<serde_bytes::ByteBuf>>(&bytes)
+                .is_err()
+        );
+        let nested = words(&[1, 2, 0, 1, HUGE], b"deep");
+        assert!(
+            Codec::Bincode
+                .decode::<BatchOutcomes<Vec<Vec<String>>>>(&nested)
+                .is_err()
+        );
+        let mut failure = words(&[0, 1], &[0, 0, 0, 0, 0]);
+        failure.extend(words(&[HUGE], b"why"));
+        assert!(
+            Codec::Bincode
+                .decode::<BatchOutcomes<u64>>(&failure)
+                .is_err()
+        );
+        assert!(
+            Codec::Bincode
+                .decode::<String>(&words(&[HUGE], &[]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn endless_zero_sized_elements_are_an_error_not_a_hang() {
+        // Each `()` takes no byte: 2^60 of them would take forever to count.
+        let units = words(&[1, 1 << 60], &[]);
+        assert!(
+            Codec::Bincode
+                .decode::<BatchOutcomes<Vec<()>>>(&units)
+                .is_err()
+        );
+        // A few are fine.
+        let few = words(&[1, 1000, 0], &[]);
+        let back = Codec::Bincode
+            .decode::<BatchOutcomes<Vec<()>>>(&few)
+            .expect("a thousand units");
+        assert_eq!(back.values[0].len(), 1000);
+    }
+
+    /// A type that holds itself: as deep as its bytes say.
+    #[derive(Debug, Serialize, Deserialize)]
+    enum Tree {
+        Leaf,
+        Node(Box<Tree>),
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_an_error_not_a_stack_overflow() {
+        // Each level is one u32 (the variant); a million levels fit in 4 MB.
+        let mut deep = [1u8, 0, 0, 0].repeat(1 << 20);
+        deep.extend_from_slice(&[0, 0, 0, 0]);
+        // On a thread with a small stack, as the supervisor's threads have.
+        let decoded = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || Codec::Bincode.decode::<Tree>(&deep).is_err())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(decoded);
+        let shallow = Codec::Bincode
+            .encode(&Tree::Node(Box::new(Tree::Node(Box::new(Tree::Leaf)))))
+            .unwrap();
+        assert!(Codec::Bincode.decode::<Tree>(&shallow).is_ok());
     }
 
     #[test]

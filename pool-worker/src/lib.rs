@@ -28,12 +28,16 @@
 //! Panics inside a job are caught and reported as such, so a job must not be built
 //! with `panic = "abort"` if its panics are to be told from crashes.
 
+// Unsafe code lives in `sys` alone, where each block says why it holds.
+#![deny(unsafe_code)]
+
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "procpool runs on Linux only: it needs memfd, PR_SET_PDEATHSIG, futexes and \
      close_range (Linux 5.9 or later)"
 );
 
+mod bounded;
 mod codec;
 mod job;
 pub mod payload;
@@ -41,6 +45,7 @@ pub mod protocol;
 mod serve;
 mod shape;
 pub mod slots;
+#[allow(unsafe_code)]
 mod sys;
 mod zygote;
 

@@ -6,20 +6,34 @@
 //! - **Regions** ([`Region`]), the supervisor's, reused: a region is written, read, and
 //!   put back on a process-wide spare list ([`recycle`]), so its pages are there for
 //!   the next payload (fresh shared pages cost more here than the copy into them). A
-//!   task's large arguments go in one, sent read-only, so the worker cannot change
-//!   them and a task lost with its worker is retried with its arguments intact. Such a
-//!   task carries a second region, writable, its *scratch*, where the worker writes
-//!   large outcomes. One process at a time writes a region: the supervisor before it
-//!   sends the request, the worker before it replies. The supervisor reuses a scratch
-//!   only after the reply; the scratch of a task that got none is freed, never reused.
+//!   task's large arguments go in one, sent read-only. Such a task carries a second
+//!   region, writable, its *scratch*, where the worker writes large outcomes. One
+//!   process at a time is meant to write a region: the supervisor before it sends the
+//!   request, the worker before it replies. The supervisor reuses a scratch only after
+//!   the reply; the scratch of a task that got none is freed, never reused.
 //! - **Sealed memfds**: a worker's large result to a request without a scratch (small
 //!   arguments). Written once, sealed against writes and resizing, and checked by the
-//!   receiver, which then decodes from a read-only mapping that cannot change.
+//!   receiver, which then decodes from a read-only mapping that cannot change
+//!   ([`SealedMap`]).
+//!
+//! A region is never trusted, by either side. A worker can write any region it was
+//! ever sent, whenever it likes (a read-only descriptor of a memfd opens again
+//! read-write through `/proc/self/fd`), so what is read from a region is copied out
+//! as it is read (no reference into shared memory is ever handed out: a worker copies
+//! its arguments into a buffer of its own, the supervisor decodes outcomes by copies
+//! out of the scratch) and decoded as hostile input, its length checked against the
+//! memfd's size at that moment. And no process can shrink a region under another's
+//! mapping (which would fault that process with SIGBUS): every region is sealed
+//! against shrinking when it is made, and one that is not is refused; it may still
+//! grow. What a misbehaving worker can still do is garble a region it once had; a
+//! later task's arguments or outcomes in it then fail to decode (or decode as other
+//! values), which is that task's `Codec` error, never the supervisor's fault.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, TryLockError};
 
@@ -27,8 +41,12 @@ use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
+use serde::de::DeserializeOwned;
+
+use crate::bounded::{self, Ints};
 use crate::protocol::{self, ProtocolError};
-pub use crate::sys::RegionMap;
+use crate::sys::RegionMap;
+pub use crate::sys::SealedMap;
 
 /// Payloads above this many bytes travel in shared memory.
 pub const SHARED_ABOVE: usize = 256 * 1024;
@@ -73,6 +91,20 @@ impl Encoded {
 }
 
 /// A memfd mapped read-write in this process, reused for payload after payload.
+///
+/// It gives no view of its bytes: other processes can write them at any time, so a
+/// slice over them could change while it lives. What is read from it is copied out:
+///
+/// ```compile_fail
+/// let region = pool_worker::payload::Region::new(4096).unwrap();
+/// let view: &[u8] = region.bytes(16).unwrap();
+/// ```
+///
+/// ```
+/// let region = pool_worker::payload::Region::new(4096).unwrap();
+/// let copy: Vec<u8> = region.copy_out(16).unwrap();
+/// assert_eq!(copy, [0; 16]);
+/// ```
 pub struct Region {
     file: File,
     map: RegionMap,
@@ -90,11 +122,21 @@ impl std::fmt::Debug for Region {
 }
 
 impl Region {
-    /// A new region of `capacity` bytes. Nobody can seal it (no `MFD_ALLOW_SEALING`),
-    /// so neither side can lock the other out of it.
+    /// A new region of `capacity` bytes, sealed against shrinking (so no process it is
+    /// sent to can cut it under another's mapping) and against further seals (so none
+    /// can stop it from growing, or lock its writers out).
     pub fn new(capacity: usize) -> io::Result<Region> {
-        let fd = memfd_create("procpool-payload", MFdFlags::MFD_CLOEXEC)?;
-        Region::sized(File::from(fd), capacity)
+        let fd = memfd_create(
+            "procpool-payload",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )?;
+        let file = File::from(fd);
+        file.set_len(capacity as u64)?;
+        fcntl(
+            &file,
+            FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL),
+        )?;
+        Region::adopt(file.into())
     }
 
     /// A new region that [`Region::seal`] can seal.
@@ -108,12 +150,21 @@ impl Region {
 
     fn sized(file: File, capacity: usize) -> io::Result<Region> {
         file.set_len(capacity as u64)?;
-        Region::adopt(file.into())
+        // Not sealed yet, but not shared either until it is.
+        Region::map(file)
     }
 
-    /// The region behind a received descriptor (a worker's scratch), all of it mapped.
+    /// The region behind a received descriptor (a worker's scratch), all of it mapped;
+    /// refused unless it is sealed against shrinking.
     pub fn adopt(fd: OwnedFd) -> io::Result<Region> {
-        let file = File::from(fd);
+        if !cannot_shrink(fd.as_fd())? {
+            return Err(io::Error::other("a region not sealed against shrinking"));
+        }
+        Region::map(File::from(fd))
+    }
+
+    /// Maps all of `file`, a memfd nobody else can shrink (sealed, or not shared).
+    fn map(file: File) -> io::Result<Region> {
         let map = RegionMap::map(file.as_fd(), size(&file)?)?;
         Ok(Region {
             file,
@@ -136,15 +187,50 @@ impl Region {
         Ok(())
     }
 
-    /// Its first `len` bytes, which the last writer announced.
-    pub fn bytes(&self, len: usize) -> io::Result<&[u8]> {
-        if len > self.capacity() {
+    /// A copy of its first `len` bytes, which the last writer announced: checked
+    /// against the memfd's size now (whatever the mapping here says), and read with
+    /// `pread`, so the copy is private memory that nobody else can change.
+    pub fn copy_out(&self, len: usize) -> io::Result<Vec<u8>> {
+        let size = size(&self.file)?;
+        if len > size {
             return Err(io::Error::other(format!(
-                "{len} bytes announced in a region of {}",
-                self.capacity()
+                "{len} bytes announced in a region of {size}"
             )));
         }
-        Ok(self.map.bytes(len))
+        let mut bytes = vec![0; len];
+        self.file.read_exact_at(&mut bytes, 0)?;
+        Ok(bytes)
+    }
+
+    /// Maps at least its first `len` bytes, which the last writer announced (another
+    /// process may have grown it): checked against the memfd's size now.
+    pub fn map_to(&mut self, len: usize) -> io::Result<()> {
+        let size = size(&self.file)?;
+        if len > size {
+            return Err(io::Error::other(format!(
+                "{len} bytes announced in a region of {size}"
+            )));
+        }
+        if len > self.capacity() {
+            // What was announced, not all a peer grew it to.
+            let mapped = len.next_multiple_of(REGION_STEP).min(size);
+            self.map = RegionMap::map(self.file.as_fd(), mapped)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes the [`Codec::Bincode`](crate::Codec) value in its first `len` bytes
+    /// (a task's outcomes in its scratch; [`Region::map_to`] first), copying them out
+    /// as decoding goes: no reference to them is made, since their writer can still
+    /// change them, and each is read once. Each length in them is bounded by the bytes
+    /// left, as [`Codec::decode`](crate::Codec::decode) does; trailing bytes are an
+    /// error.
+    pub fn decode<T: DeserializeOwned>(&self, len: usize) -> Result<T, String> {
+        let (value, used) = bounded::decode_shared(&self.map, len, Ints::Fixed)?;
+        if used != len {
+            return Err(format!("{} trailing bytes after the value", len - used));
+        }
+        Ok(value)
     }
 
     /// Writes `bytes` at `offset`, growing the region if they do not fit.
@@ -154,8 +240,11 @@ impl Region {
             .ok_or_else(|| io::Error::other("payload too large"))?;
         if end > self.capacity() {
             let grown = end.max(2 * self.capacity()).next_multiple_of(REGION_STEP);
-            self.file.set_len(grown as u64)?;
-            self.refresh()?;
+            // Another process may have grown it already (never shrunk: sealed).
+            if size(&self.file)? < grown {
+                self.file.set_len(grown as u64)?;
+            }
+            self.map = RegionMap::map(self.file.as_fd(), grown)?;
         }
         self.map.copy_in(offset, bytes);
         Ok(())
@@ -193,6 +282,16 @@ impl Region {
             | SealFlag::F_SEAL_SEAL;
         fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
         Ok(fd)
+    }
+}
+
+/// Whether `fd` is a memfd sealed against shrinking.
+fn cannot_shrink(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    match fcntl(fd, FcntlArg::F_GET_SEALS) {
+        Ok(seals) => Ok(SealFlag::from_bits_truncate(seals).contains(SealFlag::F_SEAL_SHRINK)),
+        // Not a memfd, or one made without MFD_ALLOW_SEALING.
+        Err(nix::errno::Errno::EINVAL) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -247,11 +346,19 @@ pub fn spare_region() -> io::Result<Region> {
 }
 
 /// Puts `region` on the spare list, or frees it if the list is full. Only for a region
-/// no other process will write again.
+/// no other process should write again (one that does anyway can only garble a later
+/// payload, which its reader decodes as hostile input). A region another process grew
+/// past the budget is freed: its size is looked at now.
 pub fn recycle(region: Region) {
+    let Ok(size) = size(&region.file) else {
+        return;
+    };
     let refused = with_spare(|regions| {
         let held: usize = regions.iter().map(Region::capacity).sum();
-        if regions.len() < SPARE_REGIONS && held + region.capacity() <= SPARE_BYTES {
+        if regions.len() < SPARE_REGIONS
+            && size <= SPARE_BYTES
+            && held + region.capacity() <= SPARE_BYTES
+        {
             regions.push(region);
             None
         } else {
@@ -391,34 +498,24 @@ fn sealed(bytes: &[u8]) -> io::Result<OwnedFd> {
 
 /// Maps the sealed memfd of a payload of `len` bytes read-only, refusing one whose
 /// contents could still change or that holds another number of bytes.
-pub fn map(fd: &OwnedFd, len: u64) -> io::Result<RegionMap> {
-    let have = fcntl(fd, FcntlArg::F_GET_SEALS)
-        .map_err(|e| io::Error::other(format!("not a sealed memfd: {e}")))?;
-    let need = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK;
-    if !SealFlag::from_bits_truncate(have).contains(need) {
-        return Err(io::Error::other(
-            "shared payload is not sealed against writes",
-        ));
-    }
-    let size = size(fd)?;
-    if size as u64 != len {
-        return Err(io::Error::other(format!(
-            "shared payload has {size} bytes where {len} were announced"
-        )));
-    }
-    RegionMap::map_read_only(fd.as_fd(), size)
+pub fn map(fd: &OwnedFd, len: u64) -> io::Result<SealedMap> {
+    SealedMap::open(fd.as_fd(), len)
 }
 
 /// A worker's mappings of the supervisor's regions, kept from task to task. The
 /// supervisor reuses its regions, so the next time a kept region comes, its pages are
 /// mapped already (no page faults), and nothing is unmapped per task. A kept mapping
 /// keeps its memfd's memory alive after the supervisor lets it go, so a worker keeps
-/// what the spare list would: at most `SPARE_REGIONS` mappings of [`SPARE_BYTES`] in
-/// all, the least recently used dropped first, and none of `KEEP_BELOW` bytes or more.
+/// what the spare list would: at most 32 mappings of [`SPARE_BYTES`] in all, the
+/// least recently used dropped first, and none of 64 MiB or more. Arguments are copied
+/// out of their mapping (into a buffer kept too, within the same bound) before they
+/// are decoded: any worker that was ever sent a region can still write it.
 #[derive(Default)]
 pub struct Mappings {
     kept: Vec<Kept>,
     clock: u64,
+    /// The last arguments, copied out of their region.
+    arguments: Vec<u8>,
 }
 
 struct Kept {
@@ -439,8 +536,9 @@ enum KeptMap {
 const KEEP_BELOW: usize = 64 << 20;
 
 impl Mappings {
-    /// The first `len` bytes of a task's arguments: a region of the supervisor's, sent
-    /// read-only, which it does not write while the task is in flight.
+    /// A copy of the first `len` bytes of a task's arguments: a region of the
+    /// supervisor's, sent read-only, which it does not write while the task is in
+    /// flight (but another worker could).
     pub fn arguments(&mut self, fd: &OwnedFd, len: u64) -> io::Result<&[u8]> {
         let (file, size) = identity(fd)?;
         let len = usize::try_from(len).map_err(|_| io::Error::other("payload too large"))?;
@@ -458,6 +556,9 @@ impl Mappings {
                 // Not kept, or kept shorter than the region has grown since.
                 self.kept
                     .retain(|k| !(k.file == file && matches!(k.map, KeptMap::Arguments(_))));
+                if !cannot_shrink(fd.as_fd())? {
+                    return Err(io::Error::other("arguments not sealed against shrinking"));
+                }
                 let map = RegionMap::map_read_only(fd.as_fd(), size)?;
                 self.insert(file, KeptMap::Arguments(map))
             }
@@ -465,10 +566,19 @@ impl Mappings {
         self.clock += 1;
         let kept = &mut self.kept[at];
         kept.used = self.clock;
-        match &kept.map {
-            KeptMap::Arguments(map) => Ok(map.bytes(len)),
-            KeptMap::Scratch(_) => Err(io::Error::other("a scratch kept as arguments")),
+        let KeptMap::Arguments(map) = &kept.map else {
+            return Err(io::Error::other("a scratch kept as arguments"));
+        };
+        if self.arguments.len() >= KEEP_BELOW && len < KEEP_BELOW {
+            self.arguments = Vec::new();
         }
+        // Only growth is zeroed: the bytes kept from last time are overwritten.
+        if self.arguments.len() < len {
+            self.arguments.resize(len, 0);
+        }
+        let bytes = &mut self.arguments[..len];
+        map.copy_out(0, bytes);
+        Ok(bytes)
     }
 
     /// The task's scratch behind `fd`, taken out until [`Mappings::keep`] gives it back.
@@ -696,11 +806,11 @@ mod tests {
         let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let len = bytes.len() as u64;
         let fd = sealed(&bytes).unwrap();
-        assert_eq!(map(&fd, len).unwrap().bytes(bytes.len()), &bytes[..]);
+        assert_eq!(map(&fd, len).unwrap().bytes(), &bytes[..]);
         let again: OwnedFd = File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .unwrap()
             .into();
-        assert_eq!(map(&again, len).unwrap().bytes(bytes.len()), &bytes[..]);
+        assert_eq!(map(&again, len).unwrap().bytes(), &bytes[..]);
         assert_eq!(map(&sealed(&[]).unwrap(), 0).unwrap().len(), 0);
         assert!(map(&fd, len + 1).is_err(), "a length other than announced");
 
@@ -744,7 +854,7 @@ mod tests {
                 panic!("not sealed: {sealed:?}");
             };
             let mapped = map(&fd, len as u64).unwrap();
-            assert!(many_ok(mapped.bytes(len)) || large_ok(mapped.bytes(len)));
+            assert!(many_ok(mapped.bytes()) || large_ok(mapped.bytes()));
         }
         for lent in [
             Codec::encode_payload(&many, SpillTo::Spare).unwrap(),
@@ -757,8 +867,8 @@ mod tests {
             let read_only = region.read_only_fd().unwrap();
             let mut mappings = Mappings::default();
             let mapped = mappings.arguments(&read_only, len as u64).unwrap();
-            let bytes = region.bytes(len).unwrap();
-            assert!(many_ok(bytes) || large_ok(bytes));
+            let bytes = region.copy_out(len).unwrap();
+            assert!(many_ok(&bytes) || large_ok(&bytes));
             assert_eq!(mapped, bytes);
         }
         // The spare list: what is put back within its budget is kept for reuse. (The
@@ -796,11 +906,47 @@ mod tests {
         else {
             panic!("the scratch was not used");
         };
-        assert!(owner.bytes(len).is_err(), "not mapped that far yet");
-        owner.refresh().unwrap();
-        assert!(owner.capacity() >= len);
-        let back: serde_bytes::ByteBuf = Codec::Bincode.decode(owner.bytes(len).unwrap()).unwrap();
+        assert!(owner.capacity() < len, "not mapped that far here");
+        let back: serde_bytes::ByteBuf = Codec::Bincode
+            .decode(&owner.copy_out(len).unwrap())
+            .unwrap();
         assert_eq!(back, big);
+        owner.map_to(len + 1).unwrap();
+        assert!(owner.capacity() > len);
+        assert_eq!(owner.decode::<serde_bytes::ByteBuf>(len).unwrap(), big);
+        assert!(
+            owner.decode::<serde_bytes::ByteBuf>(len - 1).is_err(),
+            "cut"
+        );
+        assert!(
+            owner.decode::<serde_bytes::ByteBuf>(len + 1).is_err(),
+            "trailing"
+        );
+        assert!(owner.map_to(4 * REGION_STEP + 1).is_err(), "past its end");
+        assert!(owner.copy_out(4 * REGION_STEP + 1).is_err(), "past its end");
+        // The owner writes it again (a later task's arguments), within what the other
+        // process grew it to.
+        owner.write_at(3 * REGION_STEP, b"again").unwrap();
+        assert_eq!(
+            &owner.copy_out(3 * REGION_STEP + 5).unwrap()[3 * REGION_STEP..],
+            b"again"
+        );
+    }
+
+    #[test]
+    fn no_process_can_shrink_a_region_and_one_that_could_is_refused() {
+        let region = Region::new(REGION_STEP).unwrap();
+        let other = File::from(region.fd().unwrap());
+        assert!(other.set_len(0).is_err(), "sealed against shrinking");
+        assert!(
+            other.set_len(2 * REGION_STEP as u64).is_ok(),
+            "but it may grow"
+        );
+        let seal_more = FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_GROW);
+        assert!(fcntl(&other, seal_more).is_err(), "and no more seals");
+        let open = memfd_create("procpool-test", MFdFlags::MFD_CLOEXEC).unwrap();
+        nix::unistd::ftruncate(&open, REGION_STEP as i64).unwrap();
+        assert!(Region::adopt(open).is_err(), "a region anyone could shrink");
     }
 
     #[test]
@@ -824,8 +970,7 @@ mod tests {
         owner.write_at(0, b"first").unwrap();
         let arguments = owner.read_only_fd().unwrap();
         assert_eq!(mappings.arguments(&arguments, 5).unwrap(), b"first");
-        // The supervisor writes the region again for a later task (and grows it):
-        // the kept mapping shows the new bytes, remapped to the new size.
+        // The supervisor writes the region again for a later task (and grows it).
         owner.write_at(0, b"second").unwrap();
         assert_eq!(mappings.arguments(&arguments, 6).unwrap(), b"second");
         owner.write_at(3 * REGION_STEP, b"far").unwrap();
@@ -840,7 +985,7 @@ mod tests {
         owner.write_at(8 * REGION_STEP, b"grown elsewhere").unwrap();
         let again = mappings.scratch(owner.fd().unwrap()).unwrap();
         assert!(again.capacity() >= 8 * REGION_STEP + 15);
-        assert_eq!(again.bytes(3).unwrap(), b"out");
+        assert_eq!(again.copy_out(3).unwrap(), b"out");
         mappings.keep(again);
 
         // Never more than the limit, and nothing too large to keep.
@@ -853,6 +998,15 @@ mod tests {
         mappings.arguments(&huge.fd().unwrap(), 1).unwrap();
         mappings.arguments(&owner.fd().unwrap(), 1).unwrap();
         assert!(mappings.kept.iter().all(|k| k.map.len() < KEEP_BELOW));
+        // Nor an arguments buffer that large, once smaller arguments come.
+        let mut huge = Region::new(REGION_STEP).unwrap();
+        huge.write_at(KEEP_BELOW, b"x").unwrap();
+        let len = KEEP_BELOW as u64 + 1;
+        mappings
+            .arguments(&huge.read_only_fd().unwrap(), len)
+            .unwrap();
+        mappings.arguments(&arguments, 6).unwrap();
+        assert!(mappings.arguments.len() < KEEP_BELOW);
     }
 
     #[test]
@@ -877,7 +1031,7 @@ mod tests {
         let got = reader
             .take_fd()
             .expect("the descriptor came with its frame");
-        assert_eq!(map(&got, 6).unwrap().bytes(6), b"shared");
+        assert_eq!(map(&got, 6).unwrap().bytes(), b"shared");
         assert!(reader.take_fd().is_none());
         assert_eq!(
             reader.read_frame(1 << 20).unwrap().unwrap().len(),

@@ -17,10 +17,14 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::bounded::{self, Ints};
 use crate::codec::Codec;
 
-/// Bumped whenever a message here changes shape.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// Bumped whenever a message here changes shape, or what comes with one does (7: the
+/// memfds sent with `UseSlots` and `RunBatchShared` are sealed against shrinking, and
+/// a worker refuses them otherwise; 8: a `JobInfo` carries the job's description, Rust
+/// path and JSON shapes).
+pub const PROTOCOL_VERSION: u32 = 8;
 /// The first bytes of every hello frame.
 pub const MAGIC: [u8; 4] = *b"PPW\x01";
 /// Environment variable with the worker's end of its stream (a file descriptor number).
@@ -268,10 +272,10 @@ fn seal(mut buf: Vec<u8>) -> Result<Vec<u8>, ProtocolError> {
     Ok(buf)
 }
 
-/// Decodes a frame body (without its length prefix) as message `M`.
+/// Decodes a frame body (without its length prefix) as message `M`. No length inside
+/// the body is trusted past the body's own size (see `bounded`).
 pub fn decode<M: serde::de::DeserializeOwned>(body: &[u8]) -> Result<M, ProtocolError> {
-    let (message, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
-        .map_err(|e| ProtocolError::Decode(e.to_string()))?;
+    let (message, used) = bounded::decode(body, Ints::Varint).map_err(ProtocolError::Decode)?;
     if used != body.len() {
         return Err(ProtocolError::Decode(format!(
             "{} trailing bytes",
@@ -388,5 +392,47 @@ mod tests {
         bincode::serde::encode_into_std_write(7u64, &mut body, cfg).unwrap(); // task
         bincode::serde::encode_into_std_write(1u64 << 60, &mut body, cfg).unwrap(); // len
         assert!(decode::<Reply>(&body).is_err());
+    }
+
+    /// The 20-byte reply that aborted the supervisor: a `Failed` outcome whose string
+    /// claims 2^45 bytes (bincode allocated them before reading any).
+    fn reply_with_a_huge_string() -> Vec<u8> {
+        let cfg = bincode::config::standard();
+        let mut body = Vec::new();
+        for part in [2u64, 7, 1, 1, 1 << 45] {
+            // Done, task 7, one outcome, Failed, the string's length.
+            bincode::serde::encode_into_std_write(part, &mut body, cfg).unwrap();
+        }
+        body.resize(20, b'x');
+        body
+    }
+
+    #[test]
+    fn hostile_lengths_inside_strings_and_byte_buffers_are_errors() {
+        let body = reply_with_a_huge_string();
+        assert_eq!(body.len(), 20);
+        assert!(matches!(
+            decode::<Reply>(&body),
+            Err(ProtocolError::Decode(_))
+        ));
+        // The same length on an `Ok` outcome's bytes, and on a batch's bytes.
+        let mut ok = body.clone();
+        ok[3] = 0;
+        assert!(decode::<Reply>(&ok).is_err());
+        let mut batch = Vec::new();
+        for part in [3u64, 7, 1 << 45] {
+            bincode::serde::encode_into_std_write(part, &mut batch, bincode::config::standard())
+                .unwrap();
+        }
+        assert!(decode::<Reply>(&batch).is_err());
+        // And in a hello: a job name.
+        let mut hello = MAGIC.to_vec();
+        hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        for part in [1u64, 1, 1 << 45] {
+            // pid, one job, its name's length
+            bincode::serde::encode_into_std_write(part, &mut hello, bincode::config::standard())
+                .unwrap();
+        }
+        assert!(decode_hello(&hello).is_err());
     }
 }

@@ -134,7 +134,8 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
             .ok_or_else(missing)?
             .into_iter();
         let mut fd = || fds.next().ok_or_else(missing);
-        if let Some(task) = request.task() {
+        let task = request.task();
+        if let Some(task) = task {
             seq += 1;
             if slots.as_ref().is_some_and(|s| !s.start(seq - 1, task)) {
                 // Taken back by the supervisor, which runs it elsewhere: skip it.
@@ -214,6 +215,15 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                 run_batch(registry, task, job, count, batch, out, &mut shared)
             }
         };
+        if let (Some(task), Some(slots)) = (task, &slots) {
+            if !slots.finish(seq - 1, task) {
+                // The supervisor stopped this task while it ran (a cancel or a time
+                // limit) and is killing this worker: start nothing more, say nothing.
+                loop {
+                    std::thread::park();
+                }
+            }
+        }
         match shared.take() {
             Some(Shared::Sealed(memfd)) => {
                 // A large result: its memfd goes with the reply.

@@ -9,17 +9,31 @@
 //! revoked (and then skipped here, unanswered, while the supervisor runs it
 //! elsewhere).
 //!
+//! A started task ends in one more compare-and-swap: the worker swaps *started* for
+//! *done* when the job returns, before it replies; to stop a task that runs (a cancel,
+//! a time limit), the supervisor swaps *started* for *stopped* and then kills the
+//! worker. Exactly one wins again: a task that finished keeps its value (its reply is
+//! on its way), and a worker that finds its task stopped starts nothing more, so the
+//! kill can only ever end the task it was meant for.
+//!
 //! Slots are indexed by the task's place among the tasks sent to this worker (both
-//! sides count them, in order), modulo the page's word count (twice [`SLOTS`]). A
-//! worker has at most [`SLOTS`] tasks in flight, and revoked tasks it has not yet
-//! passed are fewer than that, so a slot is never reused before the worker has passed
-//! the task that had it. Each word also holds the task id, and only an exact match
-//! acts.
+//! sides count them, in order), modulo [`RING`]. The supervisor sends a task only once
+//! the worker has passed (answered, or skipped as revoked) the task [`RING`] places
+//! before it, so a slot is never reused while its last task may still be read. Each
+//! word also holds the task id, and only an exact match acts.
+//!
+//! Beside each state word the worker writes, just before its compare-and-swap, when it
+//! started the task (`CLOCK_MONOTONIC`, in nanoseconds, the clock `Instant` reads). The
+//! supervisor measures a time limit from that start, not from when it last looked (it
+//! may have been busy). The worker can write anything here: the supervisor bounds what
+//! it reads (a start never before the task was sent, nor after the supervisor first
+//! saw it started).
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
 use crate::sys::{self, SharedPage};
@@ -28,12 +42,22 @@ use crate::sys::{self, SharedPage};
 pub const SLOTS: usize = 64;
 /// Words in the page: room for the tasks in flight and for as many revoked ones.
 const WORDS: usize = 2 * SLOTS;
+/// Tasks sent to a worker whose slots may be in use at once: the supervisor sends the
+/// `n`th task only once the worker has passed task `n - RING` (answered it, or a task
+/// after it), so no slot is reused while its task may still be read.
+pub const RING: u64 = WORDS as u64;
+/// The page's words: the state words, then the start times (one of each per slot).
+const PAGE_WORDS: usize = 2 * WORDS;
 /// The page's size in bytes.
-const BYTES: usize = WORDS * 8;
+const BYTES: usize = PAGE_WORDS * 8;
 
 const QUEUED: u64 = 1;
 const STARTED: u64 = 2;
 const REVOKED: u64 = 3;
+const DONE: u64 = 4;
+const STOPPED: u64 = 5;
+/// Bits of a word that hold the state; the task id is above them.
+const STATE_BITS: u32 = 3;
 
 /// One worker's slots, mapped in the supervisor or in the worker.
 pub struct Slots {
@@ -42,16 +66,27 @@ pub struct Slots {
 
 impl Slots {
     /// New slots for a worker (in the supervisor), and their memfd, to send to it with
-    /// `Request::UseSlots`.
+    /// `Request::UseSlots`. The memfd is sealed at its size: the worker cannot cut the
+    /// page from under the supervisor's mapping (a SIGBUS there).
     pub fn create() -> io::Result<(Slots, OwnedFd)> {
-        let fd = memfd_create("procpool-slots", MFdFlags::MFD_CLOEXEC)?;
+        let fd = memfd_create(
+            "procpool-slots",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )?;
         nix::unistd::ftruncate(&fd, BYTES as i64)?;
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
         let page = sys::map_shared_page(&fd, BYTES)?;
         Ok((Slots { page }, fd))
     }
 
-    /// The slots behind the memfd the supervisor sent (in the worker).
+    /// The slots behind the memfd the supervisor sent (in the worker): a page sealed
+    /// against shrinking, of the size both sides expect.
     pub fn adopt(fd: OwnedFd) -> io::Result<Slots> {
+        let seals = SealFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GET_SEALS)?);
+        if !seals.contains(SealFlag::F_SEAL_SHRINK) {
+            return Err(io::Error::other("slots not sealed against shrinking"));
+        }
         let size = nix::sys::stat::fstat(&fd)?.st_size;
         if size != BYTES as i64 {
             return Err(io::Error::other(format!("slots of {size} bytes")));
@@ -65,8 +100,21 @@ impl Slots {
         self.page.word((seq % WORDS as u64) as usize)
     }
 
+    fn started_at(&self, seq: u64) -> &AtomicU64 {
+        self.page.word(WORDS + (seq % WORDS as u64) as usize)
+    }
+
     fn word(task: u64, state: u64) -> u64 {
-        (task << 2) | state
+        (task << STATE_BITS) | state
+    }
+
+    fn swap(&self, seq: u64, task: u64, from: u64, to: u64) -> Result<u64, u64> {
+        self.slot(seq).compare_exchange(
+            Slots::word(task, from),
+            Slots::word(task, to),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        )
     }
 
     /// Marks `task`, the `seq`th task sent to this worker, as sent and not started
@@ -78,28 +126,73 @@ impl Slots {
 
     /// Takes `task` back if it has not started (supervisor); whether it was taken.
     pub fn revoke(&self, seq: u64, task: u64) -> bool {
-        self.slot(seq)
-            .compare_exchange(
-                Slots::word(task, QUEUED),
-                Slots::word(task, REVOKED),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            )
-            .is_ok()
+        self.swap(seq, task, QUEUED, REVOKED).is_ok()
+    }
+
+    /// Stops `task` if it is running (supervisor, before it kills the worker); false
+    /// if it has finished (its reply is on its way) or never started.
+    pub fn stop(&self, seq: u64, task: u64) -> bool {
+        self.swap(seq, task, STARTED, STOPPED).is_ok()
+    }
+
+    /// Where `task`, the `seq`th task sent to this worker, is (supervisor). Anything
+    /// unexpected in its slot (a worker writing garbage) reads as started: a start that
+    /// cannot be ruled out counts as one.
+    pub fn state(&self, seq: u64, task: u64) -> SlotState {
+        let word = self.slot(seq).load(Ordering::SeqCst);
+        match word {
+            w if w == Slots::word(task, QUEUED) => SlotState::Queued,
+            w if w == Slots::word(task, REVOKED) => SlotState::Revoked,
+            w if w == Slots::word(task, DONE) => SlotState::Done,
+            w if w == Slots::word(task, STOPPED) => SlotState::Stopped,
+            _ => SlotState::Started {
+                at_ns: self.started_at(seq).load(Ordering::SeqCst),
+            },
+        }
     }
 
     /// Claims `task` for running (worker); false if the supervisor took it back.
     pub fn start(&self, seq: u64, task: u64) -> bool {
-        match self.slot(seq).compare_exchange(
-            Slots::word(task, QUEUED),
-            Slots::word(task, STARTED),
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        ) {
+        // Before the swap, so a supervisor that sees the task started sees when.
+        self.started_at(seq).store(monotonic_ns(), Ordering::SeqCst);
+        match self.swap(seq, task, QUEUED, STARTED) {
             Ok(_) => true,
             Err(now) => now != Slots::word(task, REVOKED),
         }
     }
+
+    /// Says `task`'s job has returned (worker, before it replies); false if the
+    /// supervisor stopped it meanwhile: it is killing this worker, which must start
+    /// nothing more.
+    pub fn finish(&self, seq: u64, task: u64) -> bool {
+        match self.swap(seq, task, STARTED, DONE) {
+            Ok(_) => true,
+            Err(now) => now != Slots::word(task, STOPPED),
+        }
+    }
+}
+
+/// Where a task sent ahead is, as its slot says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    /// Sent, not started: the supervisor may still take it back.
+    Queued,
+    /// The worker started it (at this `CLOCK_MONOTONIC` time, as the worker wrote it).
+    Started { at_ns: u64 },
+    /// Taken back: the worker skips it.
+    Revoked,
+    /// Its job returned; its reply is on its way.
+    Done,
+    /// Stopped by the supervisor while it ran; the worker is being killed.
+    Stopped,
+}
+
+/// Now on `CLOCK_MONOTONIC` (the clock `std::time::Instant` reads on Linux), in
+/// nanoseconds, comparable across the processes of one machine.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -114,8 +207,24 @@ mod tests {
         supervisor.queue(1, 80);
         assert!(worker.start(0, 70));
         assert!(!supervisor.revoke(0, 70), "started: too late to revoke");
+        assert!(matches!(supervisor.state(0, 70), SlotState::Started { at_ns } if at_ns > 0));
+        assert_eq!(supervisor.state(1, 80), SlotState::Queued);
         assert!(supervisor.revoke(1, 80));
+        assert_eq!(supervisor.state(1, 80), SlotState::Revoked);
         assert!(!worker.start(1, 80), "revoked: never starts");
+        // A started task ends once: done by the worker, or stopped by the supervisor.
+        assert!(worker.finish(0, 70));
+        assert_eq!(supervisor.state(0, 70), SlotState::Done);
+        assert!(!supervisor.stop(0, 70), "done: too late to stop");
+        supervisor.queue(2, 81);
+        assert!(!supervisor.stop(2, 81), "not started: nothing to stop");
+        assert!(worker.start(2, 81));
+        assert!(supervisor.stop(2, 81));
+        assert_eq!(supervisor.state(2, 81), SlotState::Stopped);
+        assert!(
+            !worker.finish(2, 81),
+            "stopped: the worker starts nothing more"
+        );
         // The slot's next user is another task; only an exact match acts.
         let next = WORDS as u64;
         supervisor.queue(next, 90);
@@ -124,6 +233,12 @@ mod tests {
         assert!(!worker.start(next, 90));
 
         let other = memfd_create("procpool-test", MFdFlags::MFD_CLOEXEC).unwrap();
-        assert!(Slots::adopt(other).is_err(), "not a slots page");
+        nix::unistd::ftruncate(&other, BYTES as i64).unwrap();
+        assert!(Slots::adopt(other).is_err(), "not sealed");
+        let (_, fd) = Slots::create().unwrap();
+        assert!(
+            nix::unistd::ftruncate(&fd, 0).is_err(),
+            "nobody can shrink it"
+        );
     }
 }

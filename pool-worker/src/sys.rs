@@ -285,11 +285,13 @@ impl Drop for SharedMemory {
     }
 }
 
-/// A mapping of a payload (`payload`), read-write or read-only: a region, whose writer
-/// the payload protocol makes one process at a time, the other reading it only after
-/// a frame has told it the writes are done; or a sealed memfd, which nobody can write.
-/// Under those rules these are plain copies in and slices out.
-pub struct RegionMap {
+/// A mapping of a payload region (`payload::Region`), read-write or read-only. It
+/// hands out no reference into the memory, which other processes may write whenever
+/// they like (a worker that has the region's descriptor, even one that should have let
+/// go of it): bytes only go in and out by copy. Its owner maps only a memfd that nobody
+/// else can shrink (sealed against it, or not shared yet), so every page in range stays
+/// backed.
+pub(crate) struct RegionMap {
     map: SharedMemory,
     writable: bool,
 }
@@ -305,7 +307,7 @@ impl RegionMap {
     }
 
     /// Maps the first `len` bytes of `fd` read-only, faulting the pages in at once (a
-    /// task's arguments in a worker, or a sealed result).
+    /// task's arguments in a worker).
     pub(crate) fn map_read_only(
         fd: std::os::fd::BorrowedFd<'_>,
         len: usize,
@@ -317,14 +319,40 @@ impl RegionMap {
         })
     }
 
-    /// Its length in bytes.
-    pub fn len(&self) -> usize {
-        self.map.len()
+    /// Copies the bytes at `offset` into `out`.
+    ///
+    /// # Panics
+    /// If the range is out of bounds.
+    pub(crate) fn copy_out(&self, offset: usize, out: &mut [u8]) {
+        let end = offset.checked_add(out.len());
+        assert!(
+            end.is_some_and(|end| end <= self.map.len()),
+            "{} bytes at {offset} of a region of {}",
+            out.len(),
+            self.map.len()
+        );
+        if out.is_empty() {
+            return;
+        }
+        // SAFETY: in bounds (asserted) of a live mapping, whose pages stay backed (the
+        // memfd cannot shrink: see the type's doc). Another process may be writing
+        // these bytes right now: the copy goes through raw pointers into `out`, which
+        // is private memory, and no reference to the shared bytes exists in this
+        // process (this type hands out none), so a concurrent writer can only leave
+        // arbitrary bytes in `out`, which every caller decodes as hostile input; it
+        // cannot change anything this process holds a reference to.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(offset),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        }
     }
 
-    /// Whether it maps nothing.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+    /// Its length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
     }
 
     /// Copies `bytes` in at `offset`.
@@ -343,9 +371,12 @@ impl RegionMap {
         if bytes.is_empty() {
             return;
         }
-        // SAFETY: in bounds (asserted) of a live mapping; `&mut self` means no slice
-        // from `bytes` is alive in this process, and the protocol keeps the other
-        // process off the region while this one writes it.
+        // SAFETY: in bounds (asserted) of a live mapping, whose pages stay backed (the
+        // memfd cannot shrink: see the type's doc). No reference into the mapping
+        // exists in this process (this type hands out none), and `bytes` is private
+        // memory, so the copy aliases nothing Rust knows of; another process writing
+        // the same bytes meanwhile can only leave them garbage, and whoever reads
+        // them treats them as hostile input.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
@@ -354,22 +385,64 @@ impl RegionMap {
             )
         }
     }
+}
 
-    /// The first `len` bytes.
-    ///
-    /// # Panics
-    /// If `len` is past the end.
-    pub fn bytes(&self, len: usize) -> &[u8] {
-        assert!(
-            len <= self.map.len(),
-            "{len} bytes of a region of {}",
-            self.map.len()
-        );
-        // SAFETY: in bounds (asserted) of a mapping that lives as long as the borrow (a
-        // length of 0 gives an empty slice at a dangling, aligned pointer); nothing in
-        // this process writes it while the slice lives (writes take `&mut self`), and
-        // seals or the protocol keep other processes from writing it meanwhile.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), len) }
+/// Seals that make a memfd's contents final: no write, and no shrinking, by anyone,
+/// ever (seals cannot be removed).
+fn sealed_for_good(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    let seals = fcntl(fd, FcntlArg::F_GET_SEALS)?;
+    let need = nix::fcntl::SealFlag::F_SEAL_WRITE | nix::fcntl::SealFlag::F_SEAL_SHRINK;
+    Ok(nix::fcntl::SealFlag::from_bits_truncate(seals).contains(need))
+}
+
+/// A read-only mapping of a memfd that is sealed against writes and shrinking (a
+/// worker's large result). Its bytes cannot change and its pages cannot go while it is
+/// mapped, so, alone of the shared mappings here, it hands out a plain slice.
+pub struct SealedMap {
+    map: SharedMemory,
+}
+
+impl SealedMap {
+    /// Maps all of `fd`, which must be a memfd of `len` bytes sealed against writes and
+    /// shrinking; anything else is refused.
+    pub(crate) fn open(fd: std::os::fd::BorrowedFd<'_>, len: u64) -> io::Result<SealedMap> {
+        if !sealed_for_good(fd).map_err(|e| io::Error::other(format!("not a sealed memfd: {e}")))? {
+            return Err(io::Error::other(
+                "shared payload is not sealed against writes",
+            ));
+        }
+        // Checked after the seals: the size can no longer go down.
+        let size = fstat(fd)?.st_size;
+        if u64::try_from(size).ok() != Some(len) {
+            return Err(io::Error::other(format!(
+                "shared payload has {size} bytes where {len} were announced"
+            )));
+        }
+        let len = usize::try_from(len).map_err(|_| io::Error::other("payload too large"))?;
+        Ok(SealedMap {
+            map: SharedMemory::map(fd, len, false)?,
+        })
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether it maps nothing.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// All its bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the whole live mapping (a length of 0 gives an empty slice at a
+        // dangling, aligned pointer), which lives as long as the borrow. `open` checked
+        // that the memfd is sealed against writes and shrinking, seals are never
+        // removed, and a write seal means no writable mapping of it exists anywhere:
+        // nothing, in any process, can change or unback these bytes while the slice
+        // lives.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.map.len()) }
     }
 }
 

@@ -237,3 +237,53 @@ pub fn init_fails_once(dir: String) -> Result<(), String> {
     std::thread::sleep(Duration::from_millis(300));
     Err("first start fails".into())
 }
+
+/// Appends `<input> <pid>\n` to the ledger file `path` (`O_APPEND`: one write, never
+/// interleaved): a job calls it as it starts, so the ledger counts starts.
+pub fn record_start(path: &str, input: u64) -> Result<(), String> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{input} {}\n", std::process::id()).as_bytes()))
+        .map_err(|e| e.to_string())
+}
+
+/// Records its start in the ledger at `path`, sleeps `ms`, then returns `input`.
+#[job]
+pub fn ledger_sleep(path: String, input: u64, ms: u64) -> Result<u64, String> {
+    record_start(&path, input)?;
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(input)
+}
+
+/// How many times each input started, read from a ledger that `ledger_sleep` wrote.
+pub fn ledger_starts(path: &std::path::Path) -> std::collections::HashMap<u64, usize> {
+    let mut starts = std::collections::HashMap::new();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for line in text.lines() {
+        let input: u64 = line
+            .split(' ')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("a torn ledger line: {line:?}"));
+        *starts.entry(input).or_default() += 1;
+    }
+    starts
+}
+
+/// A value whose `Deserialize` panics (user code on the caller's side).
+#[derive(Debug, Serialize)]
+pub struct Bomb(pub u64);
+
+impl<'de> Deserialize<'de> for Bomb {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("a Deserialize that panics")
+    }
+}
+
+#[job]
+pub fn bomb(x: u64) -> Bomb {
+    Bomb(x)
+}

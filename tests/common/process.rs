@@ -8,6 +8,47 @@ use std::time::{Duration, Instant};
 
 use procpool::Pool;
 
+/// A small xorshift: random tests that repeat.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// SIGKILLs one of `pool`'s workers, picked at random, every `every`, until `done`;
+/// returns how many it killed. Run it on a thread of its own.
+pub fn kill_workers_until(
+    pool: &Pool,
+    every: Duration,
+    done: &std::sync::atomic::AtomicBool,
+    seed: u64,
+) -> usize {
+    let mut rng = Rng(seed | 1);
+    let mut kills = 0;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(every);
+        let pids = pool.worker_pids();
+        if pids.is_empty() {
+            continue;
+        }
+        let victim = pids[rng.below(pids.len() as u64) as usize];
+        let pid = nix::unistd::Pid::from_raw(victim as i32);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
+            kills += 1;
+        }
+    }
+    kills
+}
+
 /// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 

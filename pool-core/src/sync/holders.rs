@@ -74,7 +74,8 @@ fn register(map: &Mapping, end: u32, hold: u32) -> Result<(), SyncError> {
         let (pid, e, count) = slot(map, i);
         let (p, c) = (pid.load(Ordering::SeqCst), count.load(Ordering::SeqCst));
         if p == me && e.load(Ordering::SeqCst) == end {
-            count.store(c + 1, Ordering::SeqCst);
+            // Shared memory: another process may have left any count here.
+            count.store(c.saturating_add(1), Ordering::SeqCst);
             return Ok(());
         }
         if free.is_none() && (p == 0 || c == 0) {

@@ -12,6 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use pool_worker::os::SharedMemory;
 
@@ -35,20 +36,25 @@ pub(crate) struct Mapping {
 }
 
 impl Mapping {
-    /// A new zeroed region of `len` bytes, named for `kind`.
+    /// A new zeroed region of `len` bytes, named for `kind`, sealed at that size: any
+    /// process may open it read-write (through `/proc`), and none may cut it from
+    /// under another's mapping (which would fault that process with SIGBUS).
     pub fn create(kind: &str, len: usize) -> io::Result<Mapping> {
         let fd = memfd_create(
             format!("{MEMFD_PREFIX}{kind}").as_str(),
-            MFdFlags::MFD_CLOEXEC,
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
         )?;
         let size = i64::try_from(len).map_err(|_| io::Error::other("region too large"))?;
         nix::unistd::ftruncate(&fd, size)?;
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
         Mapping::map(fd, len)
     }
 
     /// Opens the region that process `pid` holds as descriptor `fd` (this process
     /// included). Fails if that descriptor is gone or is not a procpool region of
-    /// `len` bytes.
+    /// `len` bytes sealed against shrinking (a memfd any process can make and name
+    /// like one, and then cut under this one's mapping).
     pub fn open(pid: u32, fd: RawFd, len: usize) -> io::Result<Mapping> {
         let path = format!("/proc/{pid}/fd/{fd}");
         let target = std::fs::read_link(&path)?;
@@ -62,6 +68,16 @@ impl Mapping {
             ));
         }
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let sealed = fcntl(&file, FcntlArg::F_GET_SEALS).is_ok_and(|seals| {
+            SealFlag::from_bits_truncate(seals).contains(SealFlag::F_SEAL_SHRINK)
+        });
+        if !sealed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("region {path} is not sealed against shrinking"),
+            ));
+        }
+        // Checked after the seal: the size can no longer go down.
         let size = file.metadata()?.len();
         if size != len as u64 {
             return Err(io::Error::new(
@@ -364,5 +380,32 @@ pub(crate) fn process_alive(pid: u32) -> bool {
             Some("Z" | "X")
         ),
         Err(e) => e.kind() != io::ErrorKind::NotFound,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_process_can_shrink_a_region_and_an_unsealed_one_is_refused() {
+        let map = Mapping::create("queue", 4096).expect("a region");
+        let pid = std::process::id();
+        let other = Mapping::open(pid, map.raw_fd(), 4096).expect("opened again");
+        let path = format!("/proc/self/fd/{}", other.raw_fd());
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("read-write");
+        assert!(file.set_len(0).is_err(), "sealed against shrinking");
+        assert!(file.set_len(8192).is_err(), "and growing");
+
+        // A memfd named like a region, that its maker could cut under a mapping.
+        let fake = memfd_create("procpool-queue", MFdFlags::MFD_CLOEXEC).expect("a memfd");
+        nix::unistd::ftruncate(&fake, 4096).expect("sized");
+        let refused = Mapping::open(pid, fake.as_raw_fd(), 4096)
+            .err()
+            .expect("refused");
+        assert!(refused.to_string().contains("not sealed"), "{refused}");
     }
 }
