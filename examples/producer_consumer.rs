@@ -19,31 +19,43 @@ fn produce(
     Ok(words.len())
 }
 
-/// Takes items until `None`; returns (items, total length).
+/// Says it is ready on `ready`, then takes items until `None`, spending a moment on
+/// each (a consumer that does real work); returns (items, total length).
 #[procpool::job]
-fn consume(q: Queue<Option<(String, usize)>>) -> Result<(usize, usize), SyncError> {
+fn consume(
+    q: Queue<Option<(String, usize)>>,
+    ready: Queue<()>,
+) -> Result<(usize, usize), SyncError> {
+    ready.put(&())?;
     let (mut items, mut total) = (0, 0);
     while let Some((_who, len)) = q.get()? {
+        std::thread::sleep(std::time::Duration::from_millis(2));
         items += 1;
         total += len;
     }
     Ok((items, total))
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), procpool::Error> {
     procpool::init();
     let text = "the quick brown fox jumps over the lazy dog and keeps running far away";
     let words: Vec<String> = text.split(' ').map(String::from).collect();
     let (left, right) = words.split_at(words.len() / 2);
 
     let q = Queue::bounded(4)?; // back-pressure: producers wait while 4 items wait
+    // Both consumers wait for words before the first is produced, so both get some.
+    let ready = Queue::new()?;
+    let mut consumers = Vec::new();
+    for name in ["consumer-1", "consumer-2"] {
+        let consumer = Process::builder().name(name);
+        consumers.push(consumer.spawn(consume, (q.clone(), ready.clone()))?);
+    }
+    for _ in &consumers {
+        ready.get()?;
+    }
     let producers = [
         Process::spawn(produce, (q.clone(), "left".into(), left.to_vec()))?,
         Process::spawn(produce, (q.clone(), "right".into(), right.to_vec()))?,
-    ];
-    let consumers = [
-        Process::spawn(consume, q.clone())?,
-        Process::spawn(consume, q.clone())?,
     ];
     let produced: usize = producers
         .iter()

@@ -37,10 +37,7 @@ fn main() -> Result<(), procpool::Error> {
     );
     forever.terminate();
     let code = forever.join();
-    println!(
-        "after terminate: exitcode {code} ({})",
-        procpool::describe_exitcode(code)
-    );
+    println!("after terminate: {}", procpool::describe_exitcode(code));
     println!("result: {:?}", forever.result());
 
     for how in ["return", "fail", "panic", "exit"] {

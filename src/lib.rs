@@ -26,16 +26,19 @@
 //! (`square(3)`), and its name becomes a typed handle (`pool.map(square, ..)`), so
 //! argument and result types are checked at compile time and only the job's name
 //! crosses to the worker. A job takes one argument (several become a tuple) and
-//! returns `T` or `Result<T, E: Display>`; arguments and results are serde types.
+//! returns `T` or `Result<T, E: Display>`; arguments and results are owned serde types.
+//! A job is found by its name (`#[job(name = "...")]` renames it), unique per program;
+//! see [`macro@job`].
 //!
 //! # Workers
 //!
 //! By default a pool starts workers by executing the current program again; in the
 //! worker, [`init`] serves jobs and exits, so call it first thing in `main`. A
 //! separate worker program (any `main` that calls [`init`] and links the same jobs)
-//! is chosen with [`PoolBuilder::worker_executable`]; the `pool-worker` crate's binary
-//! is one, with built-in jobs. In a test binary, where the harness owns `main`,
-//! invoke [`test_harness!`] once at the crate root instead.
+//! is chosen with [`PoolBuilder::worker_executable`]; the `procpool` command is one,
+//! with built-in jobs, and `procpool run JOB --worker PROGRAM` runs any such program's
+//! jobs over JSON lines. In a test binary, where the harness owns `main`, invoke
+//! [`test_harness!`] once at the crate root instead.
 //!
 //! # Errors
 //!
@@ -43,8 +46,18 @@
 //! (caught; the worker lives on), `WorkerLost { pid, exitcode }` (the worker died:
 //! `exitcode` is `-9` for SIGKILL, `-11` for a segfault, `3` for `exit(3)`),
 //! `Terminated`, `PoolClosed`, `UnknownJob`, `Codec`, `Protocol`, `StartFailed`, ...
-//! A pool operation's error is an [`Error`], which a `JobError` converts into, so `?`
-//! works on both in one function.
+//! `ResultTaken` (a value is handed over once: [`AsyncResult::get`] and
+//! [`AsyncResult::get_timeout`] take the handle). A pool operation's error is an
+//! [`Error`], which a `JobError` and a [`SyncError`] convert into, so `?` works on all
+//! of them in one function.
+//!
+//! # Async
+//!
+//! An [`AsyncResult`] is a `Future` for any executor. Call [`init`] in a plain `main`
+//! and build the runtime after it (with `#[tokio::main]`, every worker would start a
+//! runtime before serving). Dropping an `AsyncResult` leaves its task running;
+//! [`AsyncResult::cancel_on_drop`] makes dropping it cancel the task (for timeouts and
+//! `select!`). See `examples/async_tokio.rs`.
 //!
 //! # Robustness
 //!
@@ -66,19 +79,30 @@
 //! hangs on a dead peer: a lock whose holder died is taken over, and a queue, pipe,
 //! event or semaphore whose other side is gone says [`SyncError::Disconnected`].
 //!
+//! # Logging
+//!
+//! Events go through [`tracing`](https://docs.rs/tracing) (the supervisor's under the
+//! `pool_core` target); nothing shows unless the program installs a subscriber.
+//!
+//! # Platform support
+//!
+//! Linux only (memfd, `PR_SET_PDEATHSIG`, futexes, `close_range` from Linux 5.9);
+//! elsewhere the build stops with a `compile_error!` saying so.
+//!
 //! # Crates
 //!
 //! This facade re-exports `pool-core` (the supervisor), `pool-worker` (what runs in a
 //! worker) and `pool-macros` (`#[job]`).
 
 pub use pool_core::{
-    Array, ArrayGuard, AsCompleted, AsyncResult, Codec, DEFAULT_BUFFER_BYTES, Error, Event, Imap,
-    Integer, JobError, JobInfo, JoinableQueue, Lock, LockGuard, LostCause, Pipe, Plain, Pool,
-    PoolBuilder, Process, ProcessBuilder, Queue, QueueBuilder, Semaphore, SemaphoreGuard,
-    StartMethod, SyncError, TaskOptions, Value, ValueGuard, WaitFor, WithPositions, as_completed,
-    default_chunksize, describe_exitcode, wait,
+    Array, ArrayGuard, AsCompleted, AsyncResult, CancelOnDrop, Codec, DEFAULT_BUFFER_BYTES, Error,
+    Event, Imap, Integer, JobError, JobInfo, JoinableQueue, Lock, LockGuard, LostCause, Pipe,
+    Plain, Pool, PoolBuilder, Process, ProcessBuilder, Queue, QueueBuilder, Semaphore,
+    SemaphoreGuard, StartMethod, SyncError, TaskOptions, Value, ValueGuard, WaitFor, WithPositions,
+    as_completed, default_chunksize, describe_exitcode, wait,
 };
 pub use pool_macros::job;
+pub use pool_worker::protocol::ENV_DESCRIBE_JOBS;
 pub use pool_worker::{Job, JobEntry};
 
 /// Serves jobs and exits if this process was started as a worker; returns at once
@@ -93,6 +117,9 @@ pub fn init() {
 /// the root of the test crate: it defines an ignored test that serves as the worker
 /// entry, and pools built in this binary start it with the arguments that run only
 /// that test. (Its standard output is discarded: the harness prints there.)
+///
+/// Without it, a pool in a test binary cannot start workers, and its error says to add
+/// this macro.
 ///
 /// ```ignore
 /// procpool::test_harness!();
@@ -121,9 +148,15 @@ macro_rules! test_harness {
     };
 }
 
+/// The README's examples, compiled as doc tests (`cargo test --doc`), so that what a
+/// newcomer copies from it builds.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
+
 /// Used by `#[job]` and [`test_harness!`]; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use inventory;
     pub use pool_core::TestHarness;
+    pub use pool_worker::__private::inventory;
 }

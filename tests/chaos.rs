@@ -44,14 +44,14 @@ fn under_fire(pool: &Pool, options: TaskOptions) -> (Vec<JobError>, usize) {
 }
 
 fn chaos_pool(method: StartMethod) -> Pool {
-    // The small pool-worker executable (whose built-in `square` matches ours) starts
+    // The procpool command (whose built-in `square` matches ours) starts
     // much faster than this test binary, and this test starts thousands of workers.
     // Killing workers as they start counts against the start-failure limit; this test
     // is about exactly-once delivery, so that limit is set out of its way.
     Pool::builder()
         .processes(4)
         .start_method(method)
-        .worker_executable(workspace_binary("pool-worker", false))
+        .worker_executable(builtin_worker())
         .max_start_failures(u32::MAX)
         .build()
         .unwrap()

@@ -320,6 +320,10 @@ fn protocol_messages_from_a_peer_never_panic_or_allocate_what_they_claim() {
                     name: rng.string(),
                     input_type: rng.string(),
                     output_type: rng.string(),
+                    input: rng.string(),
+                    output: rng.string(),
+                    description: rng.string(),
+                    path: rng.string(),
                 })
                 .collect(),
         })

@@ -4,7 +4,7 @@
 
 use procpool::JobError;
 
-/// Same name as pool-worker's built-in `square(u64) -> u64`, other types.
+/// Same name as the procpool command's built-in `square(u64) -> u64`, other types.
 #[procpool::job]
 fn square(x: i32) -> i32 {
     x * x
@@ -16,7 +16,7 @@ mod common_paths;
 
 #[test]
 fn a_job_with_other_types_is_refused_at_submit() {
-    let pool = common_paths::pool_worker_pool(1);
+    let pool = common_paths::builtin_worker_pool(1);
     match pool.apply_async(square, 3) {
         Err(JobError::UnknownJob { name, detail }) => {
             assert_eq!(name, "square");

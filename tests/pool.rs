@@ -82,9 +82,9 @@ fn apply_and_apply_async_run_in_workers() {
     let pool = pool(2);
     assert_eq!(pool.apply(add, (40, 2)).unwrap(), 42);
     let r = pool.apply_async(square, 12).unwrap();
-    assert_eq!(r.get_timeout(PATIENCE).unwrap(), 144);
+    assert!(r.wait_timeout(PATIENCE));
     assert_eq!(r.successful(), Some(true));
-    assert_eq!(r.get_timeout(PATIENCE), Err(JobError::ResultTaken));
+    assert_eq!(r.get_timeout(PATIENCE).unwrap(), 144);
 
     let pid = pool.apply(worker_pid, ()).unwrap();
     assert_ne!(pid, std::process::id());
@@ -95,11 +95,13 @@ fn apply_and_apply_async_run_in_workers() {
 #[test]
 fn a_timed_wait_returns_on_time_and_the_task_still_finishes() {
     let pool = pool(1);
-    let r = pool.apply_async(sleep_ms, 500).unwrap();
+    let gave_up = pool.apply_async(sleep_ms, 500).unwrap();
     assert!(matches!(
-        r.get_timeout(Duration::from_millis(10)),
+        gave_up.get_timeout(Duration::from_millis(10)),
         Err(JobError::WaitTimeout { .. })
     ));
+    let r = pool.apply_async(sleep_ms, 500).unwrap();
+    assert!(!r.wait_timeout(Duration::from_millis(10)));
     assert!(!r.ready());
     assert_eq!(r.successful(), None);
     assert!(r.wait_timeout(PATIENCE));
@@ -443,8 +445,8 @@ fn max_tasks_per_child_recycles_workers_and_keeps_the_size() {
 
 #[test]
 fn an_unknown_job_is_refused_at_submit() {
-    // The pool-worker executable has `square(u64) -> u64` but not `add`.
-    let pool = pool_worker_pool(1);
+    // The procpool command, as a worker, has `square(u64) -> u64` but not `add`.
+    let pool = builtin_worker_pool(1);
     match pool.apply_async(add, (1, 2)) {
         Err(JobError::UnknownJob { name, .. }) => assert_eq!(name, "add"),
         other => panic!("expected UnknownJob, got {other:?}"),
@@ -454,9 +456,9 @@ fn an_unknown_job_is_refused_at_submit() {
 
 #[test]
 fn a_separate_worker_executable_runs_its_own_jobs() {
-    let pool = pool_worker_pool(2);
+    let pool = builtin_worker_pool(2);
     assert!(pool.jobs().iter().any(|j| j.name == "cpu_bound"));
-    // The handle is ours; the code that runs is pool-worker's built-in `square`,
+    // The handle is ours; the code that runs is the procpool command's built-in `square`,
     // which reports an overflow as an error where ours would panic.
     assert_eq!(pool.map(square, 0..100).unwrap()[99], 9801);
     match pool.apply(square, u64::MAX) {

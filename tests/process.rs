@@ -126,7 +126,7 @@ fn dropping_an_unjoined_handle_leaves_no_zombie() {
 #[test]
 fn a_job_the_program_lacks_is_unknown_job_and_exitcode_one() {
     let p = Process::builder()
-        .worker_executable(workspace_binary("pool-worker", false))
+        .worker_executable(builtin_worker())
         .spawn(fail_on_threes, 3)
         .expect("process starts");
     assert_eq!(p.join(), 1, "{:?}", p.result());

@@ -29,7 +29,7 @@ fn zombie_children() -> Vec<u32> {
 
 #[test]
 fn a_thousand_restarts_leak_no_descriptor_thread_or_zombie() {
-    let worker = workspace_binary("pool-worker", false);
+    let worker = builtin_worker();
     let (fds, tasks) = (open_fds(), threads());
     let pool = Pool::builder()
         .processes(2)

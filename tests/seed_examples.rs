@@ -10,7 +10,12 @@ use common::*;
 procpool::test_harness!();
 
 fn run_example(name: &str) -> String {
+    run_example_with(name, &[])
+}
+
+fn run_example_with(name: &str, args: &[&str]) -> String {
     let out = Command::new(workspace_binary(name, true))
+        .args(args)
         .env("RUST_BACKTRACE", "0")
         .output()
         .expect("example runs");
@@ -54,7 +59,28 @@ fn a_terminated_process_reports_minus_fifteen() {
         out.contains("join_timeout(500ms) -> None, is_alive = true"),
         "{out}"
     );
-    assert!(out.contains("after terminate: exitcode -15"), "{out}");
+    assert!(
+        out.contains("after terminate: killed by SIGTERM (exitcode -15)\n"),
+        "{out}"
+    );
     assert!(out.contains("return: exitcode 0, result Ok(42)"), "{out}");
     assert!(out.contains("exit: exitcode 3"), "{out}");
+}
+
+#[test]
+fn the_async_example_awaits_and_cancels_under_a_timeout() {
+    let out = run_example("async_tokio");
+    assert!(out.contains("awaited both: 200 and 100"), "{out}");
+    assert!(out.contains("the task was cancelled"), "{out}");
+    assert!(out.contains("after the cancel: 10"), "{out}");
+}
+
+#[test]
+fn the_demo_says_its_speedup_and_the_cpus_it_really_got() {
+    // A small count (5^5, eight times): the figures are not checked, only said.
+    let out = run_example_with("count", &["5", "8"]);
+    assert!(out.contains("counting to 5^5 = 3125 8 times"), "{out}");
+    assert!(out.contains("CPUs available to this process"), "{out}");
+    assert!(out.contains("using"), "{out}");
+    assert!(out.contains("the CPUs they really got allow"), "{out}");
 }

@@ -1,6 +1,7 @@
 //! The command line, as clap parses it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -16,9 +17,10 @@ use clap::{Args, Parser, Subcommand};
     after_help = "Examples:\n  \
         procpool jobs\n  \
         seq 1 1000 | procpool run square > squares.jsonl\n  \
-        procpool run hash_file --input books.jsonl --workers 4 --timeout 60 --retries 1\n\n\
+        procpool run hash_file --input books.jsonl --workers 4 --timeout 60 --retries 1\n  \
+        procpool run my_job --worker target/release/my-worker < inputs.jsonl\n\n\
         Input lines are JSON job arguments (`12`, `{\"path\": \"book.txt\"}`, `[1, 2]` for a \
-        job of two arguments)."
+        job of two arguments); `procpool jobs` shows what each job takes."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -31,7 +33,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List the jobs a worker executable offers, with argument and result types.
+    /// List the jobs a worker offers: the JSON each takes and returns, and what it does.
     Jobs(JobsArgs),
     /// Run a job over JSON lines: one argument per input line, one record per output line.
     ///
@@ -44,8 +46,9 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct JobsArgs {
-    /// Worker executable. Default: the `pool-worker` next to this program.
-    #[arg(long, value_name = "PATH")]
+    /// Worker executable: a path, or a name looked up on PATH. Default: this program,
+    /// with its built-in jobs.
+    #[arg(long, value_name = "PROGRAM")]
     pub worker: Option<PathBuf>,
 }
 
@@ -54,7 +57,8 @@ pub struct RunArgs {
     /// Name of the job to run (see `procpool jobs`).
     pub job: String,
 
-    /// JSON lines to read, one job argument per line; `-` is standard input.
+    /// JSON lines to read, one job argument per line: a file, a pipe or a FIFO; `-` is
+    /// standard input.
     #[arg(short, long, value_name = "FILE", default_value = "-")]
     pub input: PathBuf,
 
@@ -73,8 +77,8 @@ pub struct RunArgs {
 
     /// Time limit per task in seconds; a task past it fails with `Timeout` and its
     /// worker is replaced.
-    #[arg(long, value_name = "SECS")]
-    pub timeout: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
 
     /// Re-run an input whose worker died (crash, kill) up to N times.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -84,11 +88,36 @@ pub struct RunArgs {
     #[arg(long)]
     pub unordered: bool,
 
-    /// Worker executable. Default: the `pool-worker` next to this program.
-    #[arg(long, value_name = "PATH")]
+    /// Worker executable: a path, or a name looked up on PATH. Default: this program,
+    /// with its built-in jobs.
+    #[arg(long, value_name = "PROGRAM")]
     pub worker: Option<PathBuf>,
 
     /// No progress bar and no summary line unless something failed.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// `--timeout`: a positive, finite number of seconds that a `Duration` can hold.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("must be a positive number of seconds, not {text}"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{text} seconds is too long a time"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_positive_finite_and_in_range() {
+        assert_eq!(parse_timeout("0.5"), Ok(Duration::from_millis(500)));
+        for bad in ["0", "-1", "nan", "inf", "abc", "1e30"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+    }
 }

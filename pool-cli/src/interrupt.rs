@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use pool_core::Pool;
+use procpool::Pool;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 

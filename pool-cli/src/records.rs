@@ -44,10 +44,15 @@ impl Tally {
         self.failed.values().sum()
     }
 
-    pub fn summary(&self) -> String {
-        let total = self.ok + self.failed();
+    /// Inputs with a record.
+    pub fn total(&self) -> u64 {
+        self.ok + self.failed()
+    }
+
+    /// `all succeeded`, or `5 succeeded, 2 failed (1 Failed, 1 InvalidInput)`.
+    pub fn outcome(&self) -> String {
         if self.failed.is_empty() {
-            return format!("{total} inputs: all succeeded");
+            return "all succeeded".into();
         }
         let kinds: Vec<String> = self
             .failed
@@ -55,11 +60,25 @@ impl Tally {
             .map(|(k, n)| format!("{n} {k}"))
             .collect();
         format!(
-            "{total} inputs: {} succeeded, {} failed ({})",
+            "{} succeeded, {} failed ({})",
             self.ok,
             self.failed(),
             kinds.join(", ")
         )
+    }
+
+    /// The closing line: `7 inputs: 5 succeeded, 2 failed (...)`.
+    pub fn summary(&self) -> String {
+        format!("{}: {}", plural(self.total(), "input"), self.outcome())
+    }
+}
+
+/// `1 input`, `2 inputs`.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
@@ -184,6 +203,15 @@ mod tests {
             "{\"index\":0,\"ok\":{\"a\":0}}\n{\"index\":1,\"ok\":1}\n\
              {\"index\":2,\"error\":{\"kind\":\"Failed\",\"message\":\"no \\\"good\\\"\"}}\n"
         );
+    }
+
+    #[test]
+    fn one_input_is_singular() {
+        let tally = Tally {
+            ok: 1,
+            ..Tally::default()
+        };
+        assert_eq!(tally.summary(), "1 input: all succeeded");
     }
 
     #[test]

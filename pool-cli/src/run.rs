@@ -1,22 +1,21 @@
-//! `procpool run` and `procpool jobs`.
+//! `procpool run`: a job over every input line, one record per line.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pool_core::{Codec, JobError, Pool, TaskOptions};
-use serde_json::value::RawValue;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use procpool::{Codec, JobError, TaskOptions};
 
-use crate::cli::{JobsArgs, RunArgs};
+use crate::cli::RunArgs;
+use crate::input::{self, Feed, FeedState};
 use crate::interrupt;
-use crate::records::{Outcome, Records};
+use crate::records::{Outcome, Records, Tally, plural};
+use crate::worker;
 
 /// A usage or setup problem: the message says what to fix. Exit status 2.
 #[derive(Debug, thiserror::Error)]
@@ -27,159 +26,8 @@ pub enum CliError {
     Io(#[from] io::Error),
 }
 
-fn setup(message: impl Into<String>) -> CliError {
+pub fn setup(message: impl Into<String>) -> CliError {
     CliError::Setup(message.into())
-}
-
-/// The worker executable: the one given, or `pool-worker` next to this program.
-fn worker_path(given: Option<&Path>) -> Result<PathBuf, CliError> {
-    if let Some(path) = given {
-        if !path.is_file() {
-            return Err(setup(format!(
-                "worker executable {} does not exist",
-                path.display()
-            )));
-        }
-        return Ok(path.to_owned());
-    }
-    let candidate = std::env::current_exe()?.with_file_name("pool-worker");
-    if candidate.is_file() {
-        Ok(candidate)
-    } else {
-        Err(setup(format!(
-            "cannot find the pool-worker executable at {}; build it with \
-             `cargo build -p pool-worker` or pass --worker PATH",
-            candidate.display()
-        )))
-    }
-}
-
-fn start_pool(worker: &Path, processes: usize, options: TaskOptions) -> Result<Pool, CliError> {
-    let mut builder = Pool::builder()
-        .processes(processes)
-        .worker_executable(worker)
-        .retries(options.retries);
-    if let Some(limit) = options.timeout {
-        builder = builder.task_timeout(limit);
-    }
-    builder.build().map_err(|e| {
-        setup(format!(
-            "cannot start workers from {}: {e}",
-            worker.display()
-        ))
-    })
-}
-
-/// `procpool jobs`: one line per job, with its argument and result types.
-pub fn jobs(args: &JobsArgs) -> Result<ExitCode, CliError> {
-    let worker = worker_path(args.worker.as_deref())?;
-    let pool = start_pool(&worker, 1, TaskOptions::default())?;
-    let width = pool.jobs().iter().map(|j| j.name.len()).max().unwrap_or(0);
-    let mut out = io::stdout().lock();
-    for job in pool.jobs() {
-        writeln!(
-            out,
-            "{:width$}  {} -> {}",
-            job.name, job.input_type, job.output_type
-        )?;
-    }
-    pool.close();
-    pool.join().map_err(|e| setup(e.to_string()))?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// What the input feed shares with the loop that writes records.
-#[derive(Default)]
-struct FeedState {
-    /// Input line of each argument sent, by its position among the arguments sent.
-    lines: HashMap<usize, usize>,
-    /// Lines that are not JSON: they become error records without being sent.
-    rejected: Vec<(usize, Outcome)>,
-    read_error: Option<io::Error>,
-}
-
-/// Reads input lines lazily; hands valid JSON on to the pool, sets bad lines aside.
-struct Feed<R> {
-    input: R,
-    next_line: usize,
-    next_sent: usize,
-    state: Rc<RefCell<FeedState>>,
-}
-
-impl<R: BufRead> Iterator for Feed<R> {
-    type Item = Vec<u8>;
-
-    fn next(&mut self) -> Option<Vec<u8>> {
-        loop {
-            if interrupt::interrupted() {
-                return None;
-            }
-            let mut line = Vec::new();
-            match self.input.read_until(b'\n', &mut line) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(e) => {
-                    self.state.borrow_mut().read_error = Some(e);
-                    return None;
-                }
-            }
-            while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                line.pop();
-            }
-            let index = self.next_line;
-            self.next_line += 1;
-            let mut state = self.state.borrow_mut();
-            match check_json(&line) {
-                Ok(()) => {
-                    state.lines.insert(self.next_sent, index);
-                    self.next_sent += 1;
-                    return Some(line);
-                }
-                Err(message) => state.rejected.push((
-                    index,
-                    Outcome::Err {
-                        kind: "InvalidInput".into(),
-                        message: format!("line {}: {message}", index + 1),
-                    },
-                )),
-            }
-        }
-    }
-}
-
-fn check_json(line: &[u8]) -> Result<(), String> {
-    if line.iter().all(u8::is_ascii_whitespace) {
-        return Err("empty line; expected one JSON value".into());
-    }
-    serde_json::from_slice::<&RawValue>(line)
-        .map(|_| ())
-        .map_err(|e| format!("not JSON: {e}"))
-}
-
-fn open_input(path: &Path) -> Result<(Box<dyn BufRead>, Option<u64>), CliError> {
-    if path == Path::new("-") {
-        return Ok((Box::new(BufReader::new(io::stdin())), None));
-    }
-    let open = || {
-        File::open(path).map_err(|e| setup(format!("cannot open input {}: {e}", path.display())))
-    };
-    // A file can be counted first, so the progress bar knows its length.
-    let lines = count_lines(open()?)?;
-    Ok((Box::new(BufReader::new(open()?)), Some(lines)))
-}
-
-fn count_lines(mut file: File) -> io::Result<u64> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut lines, mut last) = (0u64, b'\n');
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
-        last = buf[n - 1];
-    }
-    Ok(lines + u64::from(last != b'\n'))
 }
 
 fn open_output(path: &Path) -> Result<Box<dyn Write>, CliError> {
@@ -198,31 +46,41 @@ fn progress_bar(total: Option<u64>, quiet: bool) -> ProgressBar {
     let (bar, template) = match total {
         Some(n) => (
             ProgressBar::new(n),
-            "{bar:40} {pos}/{len} done, {msg}, {per_sec}, eta {eta}",
+            "{bar:40} {pos}/{len} done, {msg}, {rate}, eta {eta}",
         ),
         None => (
             ProgressBar::new_spinner(),
-            "{spinner} {pos} {msg} {per_sec}",
+            "{spinner} {pos} done, {msg}, {rate}",
         ),
     };
     bar.set_draw_target(ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style);
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&rate(state.per_sec()));
+            },
+        ));
     }
     bar
 }
 
-fn task_options(args: &RunArgs) -> Result<TaskOptions, CliError> {
-    let mut options = TaskOptions::default().retries(args.retries);
-    if let Some(secs) = args.timeout {
-        if !(secs.is_finite() && secs > 0.0) {
-            return Err(setup(format!(
-                "--timeout must be a positive number of seconds, not {secs}"
-            )));
-        }
-        options = options.timeout(Duration::from_secs_f64(secs));
+/// Inputs per second, to three significant digits at most (`8.92/s`, `1234/s`).
+fn rate(per_sec: f64) -> String {
+    let decimals = match per_sec {
+        r if r >= 100.0 => 0,
+        r if r >= 10.0 => 1,
+        _ => 2,
+    };
+    format!("{per_sec:.decimals$}/s")
+}
+
+fn task_options(args: &RunArgs) -> TaskOptions {
+    let options = TaskOptions::default().retries(args.retries);
+    match args.timeout {
+        Some(limit) => options.timeout(limit),
+        None => options,
     }
-    Ok(options)
 }
 
 /// `procpool run`.
@@ -230,34 +88,33 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
     if args.chunksize == 0 {
         return Err(setup("--chunksize must be at least 1"));
     }
-    let options = task_options(args)?;
+    let options = task_options(args);
     let processes = match args.workers {
         Some(0) => return Err(setup("--workers must be at least 1")),
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let worker = worker_path(args.worker.as_deref())?;
-    let (input, total) = open_input(&args.input)?;
+    let worker = worker::find(args.worker.as_deref())?;
+    let input = input::open(&args.input)?;
     let mut records = Records::new(open_output(&args.output)?, !args.unordered);
 
-    let pool = Arc::new(start_pool(&worker, processes, options)?);
+    let pool = Arc::new(worker::start_pool(&worker, processes, options, false)?);
     if !pool.jobs().iter().any(|j| j.name == args.job) {
         return Err(setup(format!(
-            "{} has no job `{}`; `procpool jobs` lists the jobs it has",
+            "{} has no job `{}`; `procpool jobs{}` lists the jobs it has",
             worker.display(),
-            args.job
+            args.job,
+            match &args.worker {
+                Some(w) => format!(" --worker {}", w.display()),
+                None => String::new(),
+            }
         )));
     }
     interrupt::install(pool.clone()).map_err(|e| setup(format!("cannot handle Ctrl-C: {e}")))?;
 
-    let bar = progress_bar(total, args.quiet);
+    let bar = progress_bar(input.lines, args.quiet);
     let state = Rc::new(RefCell::new(FeedState::default()));
-    let feed = Feed {
-        input,
-        next_line: 0,
-        next_sent: 0,
-        state: state.clone(),
-    };
+    let feed = Feed::new(input.reader, state.clone());
     let results = pool
         .imap_encoded(&args.job, Codec::Json, feed, false)
         .chunksize(args.chunksize)
@@ -275,6 +132,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
             // Cut short by Ctrl-C: not a result, so no record.
             Err(JobError::Terminated) if interrupt::interrupted() => continue,
             Ok(json) => Outcome::Ok(json),
+            Err(e @ JobError::Codec { .. }) => Outcome::Err {
+                kind: e.kind().into(),
+                message: input::locate_decode_error(&e.to_string(), index + 1),
+            },
             Err(e) => Outcome::Err {
                 kind: e.kind().into(),
                 message: e.to_string(),
@@ -297,7 +158,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
     }
 
     if interrupt::interrupted() {
-        eprintln!("procpool: interrupted; {}", records.tally.summary());
+        let read = state.borrow().read as u64;
+        eprintln!(
+            "procpool: {}",
+            interrupted_summary(&records.tally, read, input.lines)
+        );
         return Ok(ExitCode::from(130));
     }
     pool.close();
@@ -310,4 +175,62 @@ pub fn run(args: &RunArgs) -> Result<ExitCode, CliError> {
         eprintln!("procpool: {}", records.tally.summary());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The summary after Ctrl-C: what was done, and how many inputs were not run (all the
+/// rest, when the input's length is known; otherwise those read and not run, and that
+/// the rest was not read).
+fn interrupted_summary(tally: &Tally, read: u64, lines: Option<u64>) -> String {
+    let done = tally.total();
+    let outcome = if done == 0 {
+        String::new()
+    } else {
+        format!(" ({})", tally.outcome())
+    };
+    match lines {
+        Some(total) => format!(
+            "interrupted: {done} of {} done{outcome}, {} not run",
+            plural(total, "input"),
+            total.saturating_sub(done)
+        ),
+        None => format!(
+            "interrupted: {} done{outcome}, {} read but not run, the rest of the input not read",
+            plural(done, "input"),
+            read.saturating_sub(done)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_have_three_significant_digits_at_most() {
+        assert_eq!(rate(8.923_123), "8.92/s");
+        assert_eq!(rate(12.345), "12.3/s");
+        assert_eq!(rate(1234.4), "1234/s");
+        assert_eq!(rate(0.0), "0.00/s");
+    }
+
+    #[test]
+    fn an_interrupted_run_says_how_many_inputs_were_not_run() {
+        let tally = Tally {
+            ok: 28,
+            ..Tally::default()
+        };
+        assert_eq!(
+            interrupted_summary(&tally, 32, Some(100)),
+            "interrupted: 28 of 100 inputs done (all succeeded), 72 not run"
+        );
+        assert_eq!(
+            interrupted_summary(&tally, 32, None),
+            "interrupted: 28 inputs done (all succeeded), 4 read but not run, \
+             the rest of the input not read"
+        );
+        assert_eq!(
+            interrupted_summary(&Tally::default(), 0, Some(1)),
+            "interrupted: 0 of 1 input done, 1 not run"
+        );
+    }
 }

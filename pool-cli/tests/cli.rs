@@ -1,5 +1,6 @@
-//! The `procpool` command as a person uses it: real input files, real output, exit
-//! statuses, Ctrl-C and SIGKILL, with the workspace's `pool-worker` as the worker.
+//! The `procpool` command as a person uses it: real input files, pipes and FIFOs, real
+//! output, exit statuses, Ctrl-C and SIGKILL, with the command as its own worker (the
+//! built-in jobs) or the workspace's example worker.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,28 +14,43 @@ use serde_json::Value;
 const PATIENCE: Duration = Duration::from_secs(20);
 
 fn procpool() -> Command {
-    ensure_worker_built();
     Command::new(env!("CARGO_BIN_EXE_procpool"))
 }
 
-/// `procpool` finds `pool-worker` beside itself; build it if this run has not.
-fn ensure_worker_built() {
-    let worker = Path::new(env!("CARGO_BIN_EXE_procpool")).with_file_name("pool-worker");
-    if !worker.exists() {
+/// The workspace's example worker (examples/worker-crate), built if this run has not.
+fn example_worker() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_procpool")).with_file_name("example-worker");
+    if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "pool-worker",
-                "--bin",
-                "pool-worker",
-            ])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building pool-worker failed");
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "example-worker"]);
+        if path.parent().is_some_and(|p| p.ends_with("release")) {
+            build.arg("--release");
+        }
+        assert!(
+            build.status().expect("cargo runs").success(),
+            "building example-worker failed"
+        );
     }
+    path
+}
+
+/// Waits for `child` and collects its output, killing it if it takes longer than
+/// `PATIENCE` (a hang is a failure, not a stuck test run).
+fn finish(mut child: Child, what: &str) -> Output {
+    let deadline = Instant::now() + PATIENCE;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("reap");
+            panic!(
+                "{what}: still running after {PATIENCE:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect output")
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -45,8 +61,11 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn run_with_input(args: &[&str], input: &str) -> Output {
-    let mut child = procpool()
-        .args(args)
+    run_command_with_input(procpool().args(args), input)
+}
+
+fn run_command_with_input(command: &mut Command, input: &str) -> Output {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -54,7 +73,7 @@ fn run_with_input(args: &[&str], input: &str) -> Output {
         .expect("procpool starts");
     // A usage error exits before reading its input; a broken pipe here is fine.
     let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
-    child.wait_with_output().unwrap()
+    finish(child, "procpool")
 }
 
 fn records(text: &str) -> Vec<Value> {
@@ -68,7 +87,7 @@ fn stderr(out: &Output) -> String {
 }
 
 #[test]
-fn jobs_lists_every_builtin_job_with_its_types() {
+fn jobs_lists_every_builtin_job_with_its_json_and_description() {
     let out = procpool().arg("jobs").output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -85,7 +104,154 @@ fn jobs_lists_every_builtin_job_with_its_types() {
             "{job} missing:\n{text}"
         );
     }
-    assert!(text.contains("square      u64 -> u64"), "{text}");
+    // The JSON a person types, the argument's name (and so its unit), what it does.
+    assert!(text.contains("square      int (x) -> int\n"), "{text}");
+    assert!(text.contains("sleep       int (ms) -> int\n"), "{text}");
+    assert!(text.contains("Sleeps ms milliseconds"), "{text}");
+    assert!(
+        text.contains(
+            "hash_file   {\"path\": string, \"salt\"?: string, \"iterations\"?: int} -> string\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("-> {\"word\": string, \"count\": int}"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("alloc::") && !text.contains("::builtin::"),
+        "{text}"
+    );
+}
+
+#[test]
+fn installed_alone_the_command_serves_its_own_jobs() {
+    // What `cargo install --path pool-cli` leaves: the one binary, in a directory of
+    // its own, found on PATH.
+    let dir = scratch("installed");
+    let bin = dir.join("procpool");
+    std::fs::copy(env!("CARGO_BIN_EXE_procpool"), &bin).unwrap();
+    let path = format!("{}:/usr/bin:/bin", dir.display());
+    let out = Command::new("procpool")
+        .env("PATH", &path)
+        .arg("jobs")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("square"));
+    let out = run_command_with_input(
+        Command::new("procpool")
+            .env("PATH", &path)
+            .args(["run", "square", "-w", "1"]),
+        "7\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(records(&String::from_utf8_lossy(&out.stdout))[0]["ok"], 49);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_worker_of_your_own_runs_by_path_or_by_name_on_path() {
+    let worker = example_worker();
+    let out = procpool()
+        .args(["jobs", "--worker"])
+        .arg(&worker)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("summarize  {\"values\": [number, ...], \"population\"?: bool}"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("square"),
+        "only the worker's own jobs:\n{text}"
+    );
+
+    // Two arguments are a JSON array; a struct is an object.
+    let out = run_with_input(
+        &["run", "fit", "--worker", worker.to_str().unwrap()],
+        "[{\"width\": 1920, \"height\": 1080}, {\"width\": 640, \"height\": 640}]\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let recs = records(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        recs[0]["ok"],
+        serde_json::json!({"width": 640, "height": 360})
+    );
+
+    // By name: looked up on PATH, as a shell would.
+    let dir = worker.parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = run_command_with_input(
+        procpool()
+            .env("PATH", path)
+            .args(["run", "summarize", "--worker", "example-worker"]),
+        "{\"values\": [2, 4, 4, 4, 5, 5, 7, 9], \"population\": true}\n{\"values\": [1]}\n",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let recs = records(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(recs[0]["ok"]["std_dev"], 2.0);
+    assert_eq!(recs[1]["error"]["kind"], "Failed");
+    let out = run_with_input(&["jobs", "--worker", "no-such-worker-anywhere"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("on PATH"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_pipe_dev_stdin_and_a_fifo_are_read_once_and_fully() {
+    let expect_three_squares = |out: &Output, what: &str| {
+        assert_eq!(out.status.code(), Some(0), "{what}: {}", stderr(out));
+        let recs = records(&String::from_utf8_lossy(&out.stdout));
+        let squares: Vec<u64> = recs.iter().map(|r| r["ok"].as_u64().unwrap()).collect();
+        assert_eq!(squares, [1, 4, 9], "{what}");
+        assert!(
+            stderr(out).contains("3 inputs: all succeeded"),
+            "{what}: {}",
+            stderr(out)
+        );
+    };
+
+    // A pipe from a process substitution, as a shell gives it.
+    let script = format!(
+        "{} run square -w 1 -i <(seq 3)",
+        env!("CARGO_BIN_EXE_procpool")
+    );
+    let child = Command::new("bash")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    expect_three_squares(&finish(child, "<(seq 3)"), "<(seq 3)");
+
+    // Standard input by its path.
+    let out = run_with_input(
+        &["run", "square", "-w", "1", "-i", "/dev/stdin"],
+        "1\n2\n3\n",
+    );
+    expect_three_squares(&out, "/dev/stdin");
+
+    // A FIFO, written once by another process.
+    let dir = scratch("fifo");
+    let fifo = dir.join("in.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let child = procpool()
+        .args(["run", "square", "-w", "1", "-i"])
+        .arg(&fifo)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Opening for writing waits for the reader, so this cannot run ahead of it.
+    std::fs::write(&fifo, "1\n2\n3\n").unwrap();
+    expect_three_squares(&finish(child, "a FIFO"), "a FIFO");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -107,7 +273,7 @@ fn one_record_per_input_in_order_and_bad_lines_are_records_too() {
         recs[2]["error"]["message"]
             .as_str()
             .unwrap()
-            .starts_with("line 3:")
+            .starts_with("line 3, column 1: not JSON")
     );
     assert_eq!(recs[3]["error"]["kind"], "InvalidInput");
     assert_eq!(recs[4]["ok"], 16);
@@ -139,17 +305,20 @@ fn all_succeeded_is_status_0_and_unordered_keeps_every_record() {
 
 #[test]
 fn usage_and_setup_errors_are_status_2_with_a_message() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["run", "no_such_job"], "no job `no_such_job`"),
         (&["run", "square", "--chunksize", "0"], "--chunksize"),
         (
             &["run", "square", "--input", "/nonexistent/in.jsonl"],
-            "cannot open input",
+            "cannot read input /nonexistent/in.jsonl",
         ),
         (
-            &["run", "square", "--timeout=0"],
-            "--timeout must be a positive",
+            &["run", "square", "--input", "/"],
+            "cannot read input /: it is a directory",
         ),
+        (&["run", "square", "--timeout=0"], "must be a positive"),
+        (&["run", "square", "--timeout", "nan"], "must be a positive"),
+        (&["run", "square", "--timeout", "1e30"], "too long"),
         (
             &["run", "square", "--worker", "/nonexistent/worker"],
             "does not exist",
@@ -157,7 +326,7 @@ fn usage_and_setup_errors_are_status_2_with_a_message() {
     ];
     for (args, expected) in cases {
         let out = run_with_input(args, "1\n");
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(
             stderr(&out).contains(expected),
             "{args:?}: {}",
@@ -166,6 +335,37 @@ fn usage_and_setup_errors_are_status_2_with_a_message() {
     }
     let out = procpool().args(["run"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "clap usage error");
+}
+
+#[test]
+fn error_records_point_at_the_input_line_and_stay_small() {
+    let huge = "x".repeat(20 << 20);
+    let input = format!("1\n\"abc\"\n[1,\n\"{huge}\"\n");
+    let out = run_with_input(&["run", "square", "-w", "1"], &input);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.len() < 10_000,
+        "a bad input is not echoed whole: {} bytes",
+        text.len()
+    );
+    let recs = records(&text);
+    let message = |i: usize| recs[i]["error"]["message"].as_str().unwrap().to_owned();
+    assert_eq!(recs[1]["error"]["kind"], "Codec");
+    assert!(
+        message(1).starts_with("line 2, column 5: "),
+        "{}",
+        message(1)
+    );
+    assert!(!message(1).contains("line 1"), "{}", message(1));
+    assert_eq!(recs[2]["error"]["kind"], "InvalidInput");
+    assert!(
+        message(2).starts_with("line 3, column 3: not JSON"),
+        "{}",
+        message(2)
+    );
+    assert!(message(3).starts_with("line 4, "), "{}", message(3));
+    assert!(message(3).contains("bytes cut"), "says it was cut");
 }
 
 #[test]
@@ -310,6 +510,12 @@ fn ctrl_c_writes_what_finished_ends_every_worker_and_exits_130() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(130));
+    let mut summary = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut summary).unwrap();
+    assert!(
+        summary.contains("interrupted: 4 of 24 inputs done (all succeeded), 20 not run"),
+        "{summary}"
+    );
     let recs = records(&std::fs::read_to_string(&output).unwrap());
     assert_eq!(recs.len(), 4, "exactly the finished results");
     assert!(recs.iter().all(|r| r["ok"] == 0));
@@ -341,9 +547,11 @@ fn verbose_logs_what_the_pool_does_and_the_default_does_not() {
         log.contains("worker started"),
         "-vv logs worker starts:\n{log}"
     );
+    assert!(!log.contains('\x1b'), "no colours into a pipe:\n{log:?}");
     let out = run_with_input(&["run", "square", "-w", "1"], "3\n");
     assert!(
         !stderr(&out).contains("worker started"),
         "no logs by default"
     );
+    assert_eq!(stderr(&out), "procpool: 1 input: all succeeded\n");
 }

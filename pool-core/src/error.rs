@@ -4,6 +4,8 @@
 use std::io;
 use std::time::Duration;
 
+use crate::sync::SyncError;
+
 /// Why a task resolved without a value. Every variant says what to do next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JobError {
@@ -31,8 +33,11 @@ pub enum JobError {
     /// The task ran past its time limit; its worker was killed and replaced.
     #[error("task ran past its time limit; its worker was killed and replaced")]
     Timeout,
-    /// The task was cancelled before it started.
-    #[error("task was cancelled before it started")]
+    /// The task was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel), or
+    /// a [`CancelOnDrop`](crate::CancelOnDrop) dropped before it resolved): if it had
+    /// not started it never will; if it was running, its worker was killed and
+    /// replaced.
+    #[error("task was cancelled")]
     Cancelled,
     /// Submitted after `close()` or `terminate()`.
     #[error("pool is closed to new tasks")]
@@ -56,7 +61,11 @@ pub enum JobError {
     /// A timed wait ended before the task did; the task may still finish.
     #[error("waited {waited:?} and the task has not finished")]
     WaitTimeout { waited: Duration },
-    /// The value was already taken from this result by an earlier `get_timeout`.
+    /// The value was handed over already. A result hands its value over once:
+    /// [`AsyncResult::get`](crate::AsyncResult::get) and
+    /// [`get_timeout`](crate::AsyncResult::get_timeout) take the handle, so this comes
+    /// only from polling an `AsyncResult` again after it returned `Ready`, or from a
+    /// second [`Process::result`](crate::Process::result).
     #[error("the result was already taken")]
     ResultTaken,
 }
@@ -169,19 +178,26 @@ impl TaskOptions {
     }
 }
 
-/// Why a pool could not be built, joined or used.
+/// Why a pool could not be built, joined or used; with `?`, also a task's error
+/// ([`JobError`]) or a shared primitive's ([`SyncError`]), so that one `main() ->
+/// Result<(), procpool::Error>` takes them all.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A task's error, for callers that use `?` on both kinds in one function.
     #[error(transparent)]
     Job(#[from] JobError),
+    /// An operation on a shared primitive (`Queue`, `Pipe`, `Event`, ...) failed, for
+    /// callers that use `?` on it beside pool operations.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
     /// The first workers could not be started or did not complete their handshake.
     #[error("cannot start workers: {message}")]
     WorkerStart { message: String },
     /// This process was started as a worker, yet builds a pool instead of serving.
     #[error(
         "this process was started as a procpool worker but built a pool: call \
-         procpool::init() first thing in main"
+         procpool::init() first thing in main (in a test binary, whose main is the \
+         test harness: put procpool::test_harness!() at the crate root)"
     )]
     NotInitialized,
     /// `join` before `close` or `terminate`.

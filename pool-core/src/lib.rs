@@ -6,7 +6,7 @@
 //! - [`Pool`] / [`PoolBuilder`]: the pool a caller holds (`map`, `apply_async`,
 //!   `imap`, `close`, `join`, `terminate`, ...).
 //! - [`AsyncResult`]: one submission's future value (blocking, timed, callback, or
-//!   `.await`).
+//!   `.await`); [`CancelOnDrop`] cancels its task when dropped unresolved.
 //! - [`Imap`]: the lazy, bounded streaming iterator of `imap` / `imap_unordered`.
 //! - [`wait`] and [`as_completed`]: `concurrent.futures`' helpers for many results.
 //! - [`JobError`] (why a task has no value) and [`Error`] (why a pool operation
@@ -32,6 +32,7 @@
 // Unsafe code lives in `sys` alone, where each block says why it holds.
 #![deny(unsafe_code)]
 
+mod cancel_on_drop;
 mod completion;
 mod conn;
 mod error;
@@ -50,6 +51,7 @@ mod sys;
 mod wait;
 mod zygote;
 
+pub use cancel_on_drop::CancelOnDrop;
 pub use error::{Error, JobError, LostCause, TaskOptions, describe_exitcode};
 pub use imap::{Imap, WithPositions};
 pub use launch::StartMethod;

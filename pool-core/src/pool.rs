@@ -556,8 +556,12 @@ impl JobTable {
         let mut by_name = HashMap::new();
         let mut duplicates = Vec::new();
         for (i, info) in infos.iter().enumerate() {
-            if by_name.insert(info.name.clone(), i as u32).is_some() {
-                duplicates.push(info.name.clone());
+            if let Some(first) = by_name.insert(info.name.clone(), i as u32) {
+                let first = &infos[first as usize];
+                duplicates.push(format!(
+                    "`{}` ({} and {})",
+                    info.name, first.path, info.path
+                ));
             }
         }
         if !duplicates.is_empty() {

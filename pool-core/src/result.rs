@@ -19,6 +19,7 @@ use pool_worker::payload::{self, Region, SealedMap};
 use pool_worker::protocol::{BatchOutcomes, ItemFailure, Outcome, Reply};
 use serde::de::DeserializeOwned;
 
+use crate::cancel_on_drop::CancelOnDrop;
 use crate::error::JobError;
 use crate::pool::{Regions, Shared};
 
@@ -631,6 +632,16 @@ fn run_callback<T>(callback: Callback<T>, result: &Result<T, JobError>) {
 /// poll it with [`ready`](AsyncResult::ready), attach a callback with
 /// [`on_complete`](AsyncResult::on_complete), or `.await` it from any executor.
 ///
+/// The value is handed over once: `get` and `get_timeout` take the handle. To wait in
+/// steps, or to decide after a while whether to give up, use
+/// [`wait_timeout`](AsyncResult::wait_timeout) (which borrows), then `get` or
+/// [`cancel`](AsyncResult::cancel).
+///
+/// Dropping an `AsyncResult`, awaited or not, does not stop its task: the task runs to
+/// its end and its value is dropped, as with `multiprocessing`. To stop
+/// the task when the handle goes away (an `.await` inside `tokio::time::timeout` or
+/// `select!` that loses), wrap it with [`cancel_on_drop`](AsyncResult::cancel_on_drop).
+///
 /// ```no_run
 /// # use procpool::{job, Pool};
 /// # use std::time::Duration;
@@ -697,13 +708,22 @@ impl<T: Send + 'static> AsyncResult<T> {
     }
 
     /// Like [`get`](Self::get) but gives up after `timeout` with
-    /// [`JobError::WaitTimeout`]; the task goes on and can be waited for again.
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T, JobError> {
+    /// [`JobError::WaitTimeout`]. Either way the handle is gone, and the task goes on
+    /// (see [`cancel_on_drop`](Self::cancel_on_drop) to stop it instead); to wait
+    /// again after a while, use [`wait_timeout`](Self::wait_timeout) then `get`.
+    pub fn get_timeout(self, timeout: Duration) -> Result<T, JobError> {
         let (mut state, ready) = self.slot.wait_until(Instant::now().checked_add(timeout));
         if !ready {
             return Err(JobError::WaitTimeout { waited: timeout });
         }
         Slot::take(&mut state)
+    }
+
+    /// This result, made to cancel its task if it is dropped before the task resolved:
+    /// a queued task is dropped, a running one has its worker killed and replaced.
+    /// For `.await` under a timeout or `select!`, where losing drops the future.
+    pub fn cancel_on_drop(self) -> CancelOnDrop<T> {
+        CancelOnDrop::new(self)
     }
 
     /// Blocks until the task resolves.

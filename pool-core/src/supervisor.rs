@@ -1077,7 +1077,8 @@ impl Supervisor {
                 ),
                 None => format!(
                     "worker {pid} {} before its handshake (does its main call \
-                     procpool::init() first thing?)",
+                     procpool::init() first thing? a test binary needs \
+                     procpool::test_harness!() at its crate root instead)",
                     describe_exitcode(code)
                 ),
             };

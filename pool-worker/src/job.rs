@@ -8,13 +8,22 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::codec::{Codec, OutcomesWriter};
 use crate::payload::{Encoded, SpillTo};
-use crate::protocol::{ItemFailure, JobInfo, Outcome};
+use crate::protocol::{ENV_DESCRIBE_JOBS, ItemFailure, JobInfo, Outcome};
+use crate::shape;
 
 /// A function that can run in a worker process.
 ///
 /// Implemented by the unit struct that `#[job]` puts in place of a function; call sites
 /// pass that struct (`pool.map(square, ..)`) and only the job's name crosses to the
 /// worker. Write `#[job]` rather than implementing this by hand.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a procpool job",
+    label = "not a function marked `#[procpool::job]`",
+    note = "a pool runs a job in another process and finds it there by name: mark a \
+            function with `#[procpool::job]` and pass that function's name \
+            (`pool.map(square, inputs)`); a closure or an unmarked function cannot \
+            cross to a worker"
+)]
 pub trait Job: Copy + Send + Sync + 'static {
     /// The argument (a tuple when the function takes several).
     type Input: Serialize + DeserializeOwned + Send + 'static;
@@ -22,6 +31,14 @@ pub trait Job: Copy + Send + Sync + 'static {
     type Output: Serialize + DeserializeOwned + Send + 'static;
     /// The name the registry knows the job by (the function's name unless renamed).
     const NAME: &'static str;
+    /// The first paragraph of the function's doc comment, on one line (`procpool
+    /// jobs` shows it); empty without one.
+    const DESCRIPTION: &'static str = "";
+    /// The function's argument names, in order (shown beside the argument's shape).
+    const ARGUMENTS: &'static [&'static str] = &[];
+    /// The Rust path of the function (`my_app::jobs::square`), to tell apart two jobs
+    /// given one name.
+    const PATH: &'static str = "";
     /// Runs the job here, in this process; `Err` carries the job's error as text.
     fn run(input: Self::Input) -> Result<Self::Output, String>;
 }
@@ -29,8 +46,11 @@ pub trait Job: Copy + Send + Sync + 'static {
 /// One registered job, as collected from every `#[job]` linked into the executable.
 pub struct JobEntry {
     name: &'static str,
+    description: &'static str,
+    path: &'static str,
     input_type: fn() -> &'static str,
     output_type: fn() -> &'static str,
+    shapes: fn() -> (String, String),
     call: fn(Codec, &[u8]) -> Outcome,
     call_batch: fn(&[u8], SpillTo) -> Result<Encoded, String>,
 }
@@ -42,8 +62,11 @@ impl JobEntry {
     pub const fn of<J: Job>() -> Self {
         JobEntry {
             name: J::NAME,
+            description: J::DESCRIPTION,
+            path: J::PATH,
             input_type: std::any::type_name::<J::Input>,
             output_type: std::any::type_name::<J::Output>,
+            shapes: shapes::<J>,
             call: call_job::<J>,
             call_batch: call_batch::<J>,
         }
@@ -54,12 +77,24 @@ impl JobEntry {
         self.name
     }
 
-    /// What the worker announces about this job in its handshake.
+    /// What the worker announces about this job in its handshake (its JSON shapes only
+    /// when [`ENV_DESCRIBE_JOBS`] is set).
     pub fn info(&self) -> JobInfo {
+        static DESCRIBE: OnceLock<bool> = OnceLock::new();
+        let describe = *DESCRIBE.get_or_init(|| std::env::var_os(ENV_DESCRIBE_JOBS).is_some());
+        let (input, output) = if describe {
+            (self.shapes)()
+        } else {
+            (String::new(), String::new())
+        };
         JobInfo {
             name: self.name.to_owned(),
             input_type: (self.input_type)().to_owned(),
             output_type: (self.output_type)().to_owned(),
+            input,
+            output,
+            description: self.description.to_owned(),
+            path: self.path.to_owned(),
         }
     }
 
@@ -78,12 +113,58 @@ impl JobEntry {
     }
 }
 
+/// The JSON shapes of a job's argument (with the argument names) and result; a Rust
+/// type name where a type cannot be traced.
+fn shapes<J: Job>() -> (String, String) {
+    // A type's `Deserialize` is user code, fed placeholders here: one that panics on
+    // them is shown by its type name, like one that refuses them.
+    let traced = |trace: fn() -> Option<shape::Shape>| catch_unwind(trace).ok().flatten();
+    let input = traced(shape::trace::<J::Input>).map_or_else(
+        || std::any::type_name::<J::Input>().to_owned(),
+        |s| s.render_arguments(J::ARGUMENTS),
+    );
+    let output = traced(shape::trace::<J::Output>).map_or_else(
+        || std::any::type_name::<J::Output>().to_owned(),
+        |s| s.render(),
+    );
+    (input, output)
+}
+
+/// Longest error text kept from a decoder: serde echoes a bad string whole
+/// (`invalid type: string "..."`), and an input can be megabytes long.
+const MAX_ERROR_TEXT: usize = 300;
+
+/// `text`, at most about 300 bytes (`MAX_ERROR_TEXT`): its middle is cut out (at character
+/// boundaries) and replaced by a note of how much, so that both its start and its end
+/// (where serde_json says the position) stay.
+fn capped(text: impl std::fmt::Display) -> String {
+    let text = text.to_string();
+    if text.len() <= MAX_ERROR_TEXT {
+        return text;
+    }
+    let mut head = MAX_ERROR_TEXT * 2 / 3;
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = text.len() - MAX_ERROR_TEXT / 3;
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{}...({} bytes cut)...{}",
+        &text[..head],
+        tail - head,
+        &text[tail..]
+    )
+}
+
 fn call_batch<J: Job>(batch: &[u8], out: SpillTo) -> Result<Encoded, String> {
     let undecodable = |e: String| {
         format!(
-            "arguments of job `{}` do not decode as {}: {e}",
+            "arguments of job `{}` do not decode as {}: {}",
             J::NAME,
-            std::any::type_name::<J::Input>()
+            std::any::type_name::<J::Input>(),
+            capped(e)
         )
     };
     let unencodable = |e: String| format!("result of job `{}` does not encode: {e}", J::NAME);
@@ -124,9 +205,10 @@ fn call_job<J: Job>(codec: Codec, argument: &[u8]) -> Outcome {
         Ok(input) => input,
         Err(e) => {
             return Outcome::Codec(format!(
-                "argument of job `{}` does not decode as {}: {e}",
+                "argument of job `{}` does not decode as {}: {}",
                 J::NAME,
-                std::any::type_name::<J::Input>()
+                std::any::type_name::<J::Input>(),
+                capped(e)
             ));
         }
     };
@@ -180,5 +262,27 @@ impl Registry {
     /// The job at wire index `index`.
     pub fn get(&self, index: u32) -> Option<&'static JobEntry> {
         self.entries.get(index as usize).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_error_keeps_its_start_and_end() {
+        assert_eq!(capped("short"), "short");
+        let long = format!(
+            "invalid type: string \"{}é\", expected u64 at line 1 column 9",
+            "x".repeat(1 << 20)
+        );
+        let cut = capped(&long);
+        assert!(cut.len() < MAX_ERROR_TEXT + 40, "{} bytes", cut.len());
+        assert!(cut.starts_with("invalid type: string \"xxx"));
+        assert!(
+            cut.ends_with("xé\", expected u64 at line 1 column 9"),
+            "{cut}"
+        );
+        assert!(cut.contains("bytes cut)"));
     }
 }

@@ -5,7 +5,9 @@
 //! at a time, in order, until its stream closes. This crate knows nothing about pools;
 //! `pool-core` is the supervisor's side.
 //!
-//! - [`Job`] and [`JobEntry`]: what `#[job]` generates and the registry collects.
+//! - [`Job`] and [`JobEntry`]: what `#[job]` generates and the registry collects;
+//!   a job's description and argument names come with it, and its JSON shapes are
+//!   traced from its types' `Deserialize` (`shape`) when `procpool jobs` asks.
 //! - [`Registry`]: every job linked into this executable, in wire order.
 //! - [`protocol`]: the frames and messages on a worker's stream.
 //! - [`payload`]: large arguments and results in shared memory instead of the stream:
@@ -15,8 +17,7 @@
 //! - [`serve_if_worker`]: the serve loop; `procpool::init()` calls it.
 //!
 //! A separate worker executable links the crates that define the jobs, and its `main`
-//! is this; this crate's own `pool-worker` binary is that, with built-in jobs
-//! (`square`, `cpu_bound`, `sleep`, ...):
+//! is this (the `procpool` command is one, with its built-in jobs):
 //!
 //! ```no_run
 //! pool_worker::serve_if_worker(); // serves, then exits, when a supervisor started us
@@ -30,6 +31,12 @@
 // Unsafe code lives in `sys` alone, where each block says why it holds.
 #![deny(unsafe_code)]
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "procpool runs on Linux only: it needs memfd, PR_SET_PDEATHSIG, futexes and \
+     close_range (Linux 5.9 or later)"
+);
+
 mod bounded;
 mod codec;
 mod job;
@@ -37,6 +44,7 @@ mod panic_hook;
 pub mod payload;
 pub mod protocol;
 mod serve;
+mod shape;
 pub mod slots;
 #[allow(unsafe_code)]
 mod sys;

@@ -22,8 +22,9 @@ use crate::codec::Codec;
 
 /// Bumped whenever a message here changes shape, or what comes with one does (7: the
 /// memfds sent with `UseSlots` and `RunBatchShared` are sealed against shrinking, and
-/// a worker refuses them otherwise).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// a worker refuses them otherwise; 8: a `JobInfo` carries the job's description, Rust
+/// path and JSON shapes).
+pub const PROTOCOL_VERSION: u32 = 8;
 /// The first bytes of every hello frame.
 pub const MAGIC: [u8; 4] = *b"PPW\x01";
 /// Environment variable with the worker's end of its stream (a file descriptor number).
@@ -32,6 +33,10 @@ pub const ENV_WORKER_FD: &str = "PROCPOOL_WORKER_FD";
 pub const ENV_SUPERVISOR_PID: &str = "PROCPOOL_SUPERVISOR_PID";
 /// Environment variable with a fork server's end of its control socket.
 pub const ENV_ZYGOTE_FD: &str = "PROCPOOL_ZYGOTE_FD";
+/// Environment variable that asks a worker to announce the JSON shapes of its jobs
+/// ([`JobInfo::input`], [`JobInfo::output`]); `procpool jobs` sets it. Tracing the
+/// types costs tens of microseconds per job, so a worker started for work skips it.
+pub const ENV_DESCRIBE_JOBS: &str = "PROCPOOL_DESCRIBE_JOBS";
 
 /// Supervisor to fork server, one SEQPACKET datagram each.
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,6 +81,17 @@ pub struct JobInfo {
     pub input_type: String,
     /// `std::any::type_name` of the result type.
     pub output_type: String,
+    /// The JSON a person types for the argument, the argument names beside the values
+    /// they name (`int (ms)`, `{"path": string, "iterations"?: int}`); the Rust type
+    /// name when the type cannot be traced. Empty unless the worker was started with
+    /// [`ENV_DESCRIBE_JOBS`] set.
+    pub input: String,
+    /// The JSON of the result, in the same notation (and as rarely filled in).
+    pub output: String,
+    /// The first paragraph of the job's doc comment, on one line; empty without one.
+    pub description: String,
+    /// The Rust path of the job's function (`my_app::jobs::square`); empty if unknown.
+    pub path: String,
 }
 
 /// The worker's handshake.
@@ -329,6 +345,10 @@ mod tests {
                 name: "square".into(),
                 input_type: "u64".into(),
                 output_type: "u64".into(),
+                input: "int (x)".into(),
+                output: "int".into(),
+                description: "x * x".into(),
+                path: "app::square".into(),
             }],
         };
         let f = hello_frame(&hello).unwrap();

@@ -59,13 +59,19 @@ pub fn pool(processes: usize) -> Pool {
         .expect("a pool of test workers starts")
 }
 
-/// A pool whose workers are the workspace's separate `pool-worker` executable.
-pub fn pool_worker_pool(processes: usize) -> Pool {
+/// The `procpool` command, a separate worker executable with the built-in jobs
+/// (`square`, `cpu_bound`, `sleep`, ...): it serves them when a pool starts it.
+pub fn builtin_worker() -> PathBuf {
+    workspace_binary("procpool", false)
+}
+
+/// A pool whose workers are the `procpool` command (see [`builtin_worker`]).
+pub fn builtin_worker_pool(processes: usize) -> Pool {
     Pool::builder()
         .processes(processes)
-        .worker_executable(workspace_binary("pool-worker", false))
+        .worker_executable(builtin_worker())
         .build()
-        .expect("a pool of pool-worker executables starts")
+        .expect("a pool of procpool executables starts")
 }
 
 /// Whether `pid` names a running process (not gone, not a zombie).
@@ -124,8 +130,9 @@ pub fn close_and_check(pool: Pool) {
     assert_gone(&pids);
 }
 
-/// Path of a binary of this workspace (`bin`, or an example when `example` is
-/// true), building it first if this test run has not.
+/// Path of a binary of the `procpool` command's package (or of an example of the
+/// `procpool` package when `example` is true), building it first if this test run has
+/// not.
 pub fn workspace_binary(name: &str, example: bool) -> PathBuf {
     // target/<profile>/deps/<test binary>
     let exe = std::env::current_exe().expect("current_exe");
@@ -149,7 +156,7 @@ pub fn workspace_binary(name: &str, example: bool) -> PathBuf {
         if example {
             cmd.args(["--example", name]);
         } else {
-            cmd.args(["-p", "pool-worker", "--bin", name]);
+            cmd.args(["-p", "pool-cli", "--bin", name]);
         }
         let status = cmd.status().expect("cargo runs");
         assert!(status.success(), "building {name} failed");

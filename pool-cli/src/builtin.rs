@@ -1,23 +1,29 @@
-//! Jobs the `pool-worker` executable carries, taken from the seed programs. The
-//! `procpool` command runs them without any code of the user's.
+//! The jobs the `procpool` command carries, taken from the seed programs: `procpool
+//! run` serves them itself (it is its own default worker), so they run without any
+//! code of the user's. They live here, in the command, so that neither they nor their
+//! dependencies (PBKDF2, SHA-2, hex) reach programs that use procpool as a library.
+//!
+//! The first paragraph of each doc comment is what `procpool jobs` shows.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::time::Duration;
 
-use pool_macros::job;
+use procpool::job;
 use serde::{Deserialize, Serialize};
 
-/// `x * x`; an overflow is the job's error, not a panic.
-#[job(crate = pool_worker)]
+/// Squares a number; an overflow is the job's error, not a crash.
+#[job]
 pub fn square(x: u64) -> Result<u64, String> {
     x.checked_mul(x)
         .ok_or_else(|| format!("{x} squared overflows u64"))
 }
 
-/// Counts from 0 to `n^n` one step at a time (the seeds' CPU-bound demo): pure CPU
-/// work whose length grows fast with `n` (`9` is about a third of a second).
-#[job(crate = pool_worker)]
+/// Counts from 0 to n^n one step at a time: pure CPU work that grows fast with n (9
+/// takes about a tenth of a second, 10 about three seconds).
+///
+/// The seeds' CPU-bound demo.
+#[job]
 pub fn cpu_bound(n: u32) -> Result<u64, String> {
     let limit = u64::from(n)
         .checked_pow(n)
@@ -35,11 +41,11 @@ pub fn count_to(limit: u64) -> u64 {
     count
 }
 
-/// Sleeps `millis` milliseconds (an I/O-like wait) and returns it.
-#[job(crate = pool_worker)]
-pub fn sleep(millis: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(millis));
-    millis
+/// Sleeps ms milliseconds, like waiting for I/O, and returns ms.
+#[job]
+pub fn sleep(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
 }
 
 /// Argument of [`hash_file`].
@@ -64,9 +70,11 @@ fn default_iterations() -> u32 {
     100_000
 }
 
-/// PBKDF2-HMAC-SHA512 of a file's bytes (the seeds' "hash a book", a deliberately slow
-/// CPU-bound job); returns the 64-byte key in hex.
-#[job(crate = pool_worker)]
+/// PBKDF2-HMAC-SHA512 of a file's bytes, as 128 hex digits: slow on purpose (salt
+/// defaults to "salt", iterations to 100000).
+///
+/// The seeds' "hash a book".
+#[job]
 pub fn hash_file(spec: HashFile) -> Result<String, String> {
     let data = std::fs::read(&spec.path).map_err(|e| format!("{}: {e}", spec.path))?;
     if spec.iterations == 0 {
@@ -98,7 +106,9 @@ pub struct WordCount {
 /// Result of [`word_count`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MostCommon {
+    /// The word, in lower case.
     pub word: String,
+    /// How many times it occurs.
     pub count: u64,
 }
 
@@ -113,10 +123,12 @@ pub const STOP_WORDS: &[&str] = &[
     "with", "would", "you", "your",
 ];
 
-/// The most common word of a text file, case-folded, punctuation trimmed, stop words
-/// left out (the seeds' "most common word in a book"). Ties go to the word that sorts
-/// first, so the answer does not depend on hashing order.
-#[job(crate = pool_worker)]
+/// The most common word of a text file and its count, case-folded, common English
+/// words left out unless stop_words is given.
+///
+/// The seeds' "most common word in a book". Punctuation is trimmed; ties go to the
+/// word that sorts first, so the answer does not depend on hashing order.
+#[job]
 pub fn word_count(spec: WordCount) -> Result<MostCommon, String> {
     let file = std::fs::File::open(&spec.path).map_err(|e| format!("{}: {e}", spec.path))?;
     let stop: HashSet<String> = match &spec.stop_words {
@@ -145,7 +157,9 @@ pub fn word_count(spec: WordCount) -> Result<MostCommon, String> {
 /// Argument of [`write_file`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WriteFile {
+    /// The file to create (or truncate).
     pub path: String,
+    /// How many lines to write.
     pub lines: u64,
     /// The text of each line. Default: the seeds' `This is a sample text`.
     #[serde(default = "default_text")]
@@ -156,8 +170,11 @@ fn default_text() -> String {
     "This is a sample text".into()
 }
 
-/// Writes `lines` lines to `path` (the seeds' I/O-bound demo); returns bytes written.
-#[job(crate = pool_worker)]
+/// Writes a text file of the given number of lines and returns its size in bytes
+/// (text defaults to "This is a sample text").
+///
+/// The seeds' I/O-bound demo.
+#[job]
 pub fn write_file(spec: WriteFile) -> Result<u64, String> {
     let fail = |e: std::io::Error| format!("{}: {e}", spec.path);
     let mut out = BufWriter::new(std::fs::File::create(&spec.path).map_err(fail)?);
