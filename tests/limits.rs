@@ -224,7 +224,7 @@ fn a_worker_flooding_stderr_stalls_neither_the_others_nor_cancels_nor_time_limit
     let quick: Vec<_> = (0..200u64)
         .map(|i| pool.apply_async(square, i).unwrap())
         .collect();
-    for (i, r) in quick.iter().enumerate() {
+    for (i, r) in quick.into_iter().enumerate() {
         assert_eq!(
             r.get_timeout(PATIENCE),
             Ok((i * i) as u64),

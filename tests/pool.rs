@@ -256,7 +256,7 @@ fn within_patience<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) ->
 fn imap_of_a_job_the_workers_lack_ends_with_the_error() {
     // The pool-worker executable has no `add`: nothing can be submitted, and the
     // stream ends with why after one chunk, instead of reading its input for ever.
-    let pool = Arc::new(pool_worker_pool(1));
+    let pool = Arc::new(builtin_worker_pool(1));
     let p = pool.clone();
     let got = within_patience(move || {
         let pairs = endless(100_000).map(|i| (i as i64, 1));
