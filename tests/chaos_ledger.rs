@@ -63,6 +63,9 @@ fn run_chaos(method: StartMethod, retries: u32, seed: u64) {
     let mut submitted: Vec<Submitted> = Vec::new();
     let kills = std::thread::scope(|s| {
         let killer = s.spawn(|| kill_workers_until(&pool, Duration::from_millis(40), &done, seed));
+        // Beside the single tasks, a stream of chunks: a worker killed in the middle of
+        // one loses only the argument it was running.
+        let chunks = s.spawn(|| chunked(&pool, &text, retries, until));
         let mut input = 0u64;
         while Instant::now() < until {
             input += 1;
@@ -103,7 +106,7 @@ fn run_chaos(method: StartMethod, retries: u32, seed: u64) {
                 std::thread::sleep(Duration::from_micros(rng.below(2000)));
             }
         }
-        let mut outcomes = Vec::new();
+        let mut outcomes = chunks.join().unwrap();
         for s in submitted.drain(..) {
             let got = s.result.get_timeout(Duration::from_secs(120));
             outcomes.push((s.input, s.expected, s.cancelled, s.timed, got));
@@ -125,6 +128,30 @@ fn run_chaos(method: StartMethod, retries: u32, seed: u64) {
 }
 
 type Outcome = (u64, u64, bool, bool, Result<u64, JobError>);
+
+/// Inputs from 10^9 up in chunks of 6 (none cancelled, none timed) until `until`.
+fn chunked(pool: &Pool, path: &str, retries: u32, until: Instant) -> Vec<Outcome> {
+    let first = 1_000_000_000u64;
+    let inputs = (first..)
+        .take_while(|_| Instant::now() < until)
+        .map(|input| {
+            (
+                path.to_owned(),
+                input,
+                input % 3,
+                ByteBuf::from(vec![1u8; 8]),
+            )
+        });
+    pool.imap_unordered(chaos_job, inputs)
+        .chunksize(6)
+        .options(TaskOptions::default().retries(retries))
+        .with_positions()
+        .map(|(at, got)| {
+            let input = first + at as u64;
+            (input, input + 8, false, false, got)
+        })
+        .collect()
+}
 
 fn check(path: &std::path::Path, retries: u32, outcomes: &[Outcome]) {
     let starts = ledger_starts(path);

@@ -298,3 +298,18 @@ fn a_callback_can_drop_the_last_handle_of_its_pool() {
     assert!(eventually(|| pids.iter().all(|p| !is_running(*p))));
     assert_gone(&pids);
 }
+
+#[test]
+fn cancelling_a_map_of_a_hundred_thousand_chunks_is_one_pass() {
+    // One cancel of 100k tasks queued behind 100k others: each used to scan the
+    // queue from its front (10^10 steps on the supervisor thread).
+    let pool = Pool::builder().processes(1).build().unwrap();
+    let blocker = pool.apply_async(sleep_ms, 60_000).unwrap();
+    let ahead = pool.map_async_chunked(square, 0..100_000u64, 1).unwrap();
+    let map = pool.map_async_chunked(square, 0..100_000u64, 1).unwrap();
+    assert!(map.cancel());
+    assert_eq!(map.get_timeout(LONG), Err(JobError::Cancelled));
+    assert!(blocker.cancel());
+    assert_eq!(ahead.get_timeout(LONG).map(|v| v.len()), Ok(100_000));
+    close_and_check(pool);
+}

@@ -24,16 +24,21 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pool_worker::journal::{self, OVERFLOW};
+use pool_worker::payload::Region;
 use pool_worker::protocol::Reply;
 use pool_worker::slots::{RING, SlotState, Slots, monotonic_ns};
 
 use crate::pool::Regions;
+use crate::resume::Partial;
 use crate::supervisor::Task;
 
 /// A worker's tasks in flight.
 pub(crate) struct Ledger {
     entries: VecDeque<Entry>,
     slots: Slots,
+    /// The worker's journal (see `pool_worker::journal`): read once it is gone.
+    journal: Region,
     /// Tasks sent to this worker so far: the next one's place (the worker counts the
     /// same way, and its slot is this modulo the page's size).
     sent: u64,
@@ -108,13 +113,17 @@ pub(crate) struct Lost {
     pub started: Vec<Task>,
     /// The initializer was still unanswered.
     pub in_init: bool,
+    /// What the worker's journal says of the last task it started, when that one is
+    /// among `started`: the outcomes of its arguments that finished.
+    pub partial: Option<(u64, Partial)>,
 }
 
 impl Ledger {
-    pub fn new(slots: Slots) -> Ledger {
+    pub fn new(slots: Slots, journal: Region) -> Ledger {
         Ledger {
             entries: VecDeque::new(),
             slots,
+            journal,
             sent: 0,
         }
     }
@@ -377,6 +386,7 @@ impl Ledger {
             never_started: Vec::new(),
             started: Vec::new(),
             in_init: false,
+            partial: self.journaled(),
         };
         let head = self.head_at();
         for (i, entry) in self.entries.into_iter().enumerate() {
@@ -391,6 +401,47 @@ impl Ledger {
             }
         }
         lost
+    }
+
+    /// The outcomes the worker's journal holds of the last task it started (the only
+    /// one it can hold: the worker runs tasks in order and answers each before the
+    /// next), bounded: counts within the task, sizes within the journal.
+    fn journaled(&self) -> Option<(u64, Partial)> {
+        let last = self.entries.iter().rev().find(|e| {
+            matches!(e.held, Held::Task(_) | Held::Resolved(_))
+                && !matches!(
+                    self.slots.state(e.seq, e.id),
+                    SlotState::Queued | SlotState::Revoked
+                )
+        })?;
+        let Held::Task(task) = &last.held else {
+            return None;
+        };
+        let p = self.slots.progress(last.seq);
+        let (items, values) = (p.items as usize, p.values as usize);
+        let (value_bytes, failure_bytes) = (p.value_bytes as usize, p.failure_bytes as usize);
+        if p.value_bytes == OVERFLOW
+            || p.failure_bytes == OVERFLOW
+            || values > items
+            || items > task.arguments
+            || value_bytes > journal::VALUES
+            || failure_bytes > journal::FAILURES
+        {
+            return None;
+        }
+        let bytes = self
+            .journal
+            .copy_out(journal::VALUES + failure_bytes)
+            .ok()?;
+        Some((
+            last.id,
+            Partial {
+                items,
+                values,
+                value_bytes: bytes[..value_bytes].to_vec(),
+                failure_bytes: bytes[journal::VALUES..].to_vec(),
+            },
+        ))
     }
 
     /// Every task still here, for a pool that is terminating.
@@ -437,6 +488,7 @@ mod tests {
                 ..TaskOptions::default()
             },
             lost_runs: 0,
+            prefix: Vec::new(),
             _holds: Vec::new(),
             regions: None,
         }
@@ -445,7 +497,8 @@ mod tests {
     /// A ledger and the worker's view of the same slots.
     fn ledger() -> (Ledger, Slots) {
         let (slots, fd) = Slots::create().unwrap();
-        (Ledger::new(slots), Slots::adopt(fd).unwrap())
+        let journal = Region::new(journal::BYTES).unwrap();
+        (Ledger::new(slots, journal), Slots::adopt(fd).unwrap())
     }
 
     fn ids(tasks: &[Task]) -> Vec<u64> {

@@ -43,6 +43,7 @@ mod launch;
 mod pool;
 mod process;
 mod result;
+mod resume;
 mod stderr;
 mod supervisor;
 mod sync;

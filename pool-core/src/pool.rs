@@ -748,6 +748,7 @@ pub(crate) fn batch_request(
                     task,
                     job,
                     count,
+                    from: 0,
                     batch,
                 },
                 None,
@@ -767,6 +768,7 @@ pub(crate) fn batch_request(
         task,
         job,
         count,
+        from: 0,
         len: len as u64,
     };
     Ok((request, Some(Regions { arguments, scratch })))
@@ -1166,6 +1168,7 @@ impl Pool {
             span: tracing::debug_span!("task", id, job = %spec.name),
             options: spec.options,
             lost_runs: 0,
+            prefix: Vec::new(),
             _holds: holds,
             regions,
         })

@@ -38,6 +38,9 @@ pub(crate) enum Delivery {
     /// A bincode `BatchOutcomes<T>` of `count` outcomes (`Reply::DoneBatch` or
     /// `Reply::DoneBatchShared`).
     Batch { count: usize, bytes: Payload },
+    /// A task's outcomes in pieces, in order: those of the arguments that finished on
+    /// a worker that died, then the one lost with it, then the rest (see `resume`).
+    Pieces(Vec<Delivery>),
 }
 
 /// The delivery in a reply to a task of `count` arguments; `shared` holds the bytes of
@@ -86,7 +89,7 @@ pub(crate) fn shared_outcomes(
     }
 }
 
-fn raw_outcome(outcome: Outcome) -> RawOutcome {
+pub(crate) fn raw_outcome(outcome: Outcome) -> RawOutcome {
     match outcome {
         Outcome::Ok(bytes) => Ok(bytes.into_vec()),
         Outcome::Failed(message) => Err(JobError::Failed { message }),
@@ -165,6 +168,7 @@ pub(crate) fn decode_delivery<T: DeserializeOwned>(delivery: Delivery) -> Outcom
     let (count, bytes) = match delivery {
         Delivery::Items(raw) => return raw.into_iter().map(decode).collect(),
         Delivery::Batch { count, bytes } => (count, bytes),
+        Delivery::Pieces(pieces) => return pieces.into_iter().flat_map(decode_delivery).collect(),
     };
     let outcomes = match decode_batch::<T>(&bytes, count) {
         Ok(outcomes) => outcomes,
@@ -191,6 +195,13 @@ pub(crate) fn decode_values<T: DeserializeOwned>(delivery: Delivery) -> Result<V
     let (count, bytes) = match delivery {
         Delivery::Items(raw) => return raw.into_iter().map(decode).collect(),
         Delivery::Batch { count, bytes } => (count, bytes),
+        Delivery::Pieces(pieces) => {
+            let mut values = Vec::new();
+            for piece in pieces {
+                values.extend(decode_values(piece)?);
+            }
+            return Ok(values);
+        }
     };
     let outcomes = decode_batch::<T>(&bytes, count)?;
     match outcomes.failures.into_iter().next() {
@@ -237,6 +248,7 @@ fn failure_error(failure: ItemFailure) -> JobError {
 pub(crate) fn raw_delivery(delivery: Delivery) -> Outcomes<Vec<u8>> {
     match delivery {
         Delivery::Items(raw) => raw,
+        Delivery::Pieces(pieces) => pieces.into_iter().flat_map(raw_delivery).collect(),
         Delivery::Batch { count, .. } => (0..count)
             .map(|_| {
                 Err(JobError::Protocol {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
+use pool_worker::payload::Region;
 use pool_worker::protocol::{self, Hello, Reply, Request};
 use pool_worker::slots::Slots;
 
@@ -37,6 +38,7 @@ use crate::launch;
 use crate::launch::StartMethod;
 use crate::pool::{Accepting, Config, JobTable, Regions, Shared};
 use crate::result::{Delivery, Sink, reply_delivery, shared_outcomes};
+use crate::resume::{self, Partial};
 use crate::stderr::{DRAIN_BUDGET, Drained, StderrTap};
 use crate::sys;
 use crate::zygote::{Zygote, ZygoteChild};
@@ -72,6 +74,9 @@ pub(crate) struct Task {
     pub options: TaskOptions,
     /// Runs of this task lost with their worker so far.
     pub lost_runs: u32,
+    /// Outcomes of the arguments before the ones this task runs now, when a worker
+    /// died in the middle of it (see `resume`): they go out with its own, in order.
+    pub prefix: Vec<Delivery>,
     /// Queues and pipes among the arguments, counted as held until the task resolves
     /// (never read: dropping the task releases them).
     pub _holds: Vec<crate::sync::Hold>,
@@ -80,9 +85,16 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    /// Resolves the task: its outcome goes to the result handler.
-    fn resolve(self, to: &Completions, delivery: Delivery) {
+    /// Resolves the task: its outcome goes to the result handler (after those of the
+    /// arguments that ran before, on a worker that died).
+    fn resolve(mut self, to: &Completions, delivery: Delivery) {
         self.span.in_scope(|| tracing::trace!("resolved"));
+        let delivery = if self.prefix.is_empty() {
+            delivery
+        } else {
+            self.prefix.push(delivery);
+            Delivery::Pieces(std::mem::take(&mut self.prefix))
+        };
         to.deliver(self.sink, self.part, delivery);
     }
 
@@ -124,7 +136,8 @@ struct Worker {
     /// Sent and not yet answered, in the order the worker will answer.
     ledger: Ledger,
     /// The start-or-revoke slots' memfd, sent to it once its hello is in.
-    slots_fd: Option<std::os::fd::OwnedFd>,
+    /// The memfds of its slots and of its journal, sent to it once its hello is in.
+    slots_fds: Option<[std::os::fd::OwnedFd; 2]>,
     /// Tasks ever given to this worker (for `max_tasks_per_child`).
     dispatched: usize,
     /// Whether its hello arrived and was accepted.
@@ -450,6 +463,8 @@ impl Supervisor {
 
     fn spawn(&mut self) -> io::Result<()> {
         let (slots, slots_fd) = Slots::create()?;
+        let journal = Region::new(pool_worker::journal::BYTES)?;
+        let journal_fd = journal.fd()?;
         let mut zygote_child = None;
         let mut launched = if self.config.launch.method == StartMethod::ForkServer {
             let zygote = match &mut self.zygote {
@@ -498,8 +513,8 @@ impl Supervisor {
                 phase: Phase::Starting {
                     deadline: Instant::now() + self.config.start_timeout,
                 },
-                ledger: Ledger::new(slots),
-                slots_fd: Some(slots_fd),
+                ledger: Ledger::new(slots, journal),
+                slots_fds: Some([slots_fd, journal_fd]),
                 dispatched: 0,
                 handshaken: false,
                 served: false,
@@ -566,8 +581,8 @@ impl Supervisor {
         w.handshaken = true;
         // Every worker starts tasks through its slots, sent ahead or not: they say
         // whether and when it started each.
-        if let (Some(fd), Some(conn)) = (w.slots_fd.take(), w.conn.as_mut()) {
-            conn.queue(use_slots_frame(), vec![fd]);
+        if let (Some(fds), Some(conn)) = (w.slots_fds.take(), w.conn.as_mut()) {
+            conn.queue(use_slots_frame(), fds.into());
         }
         if let (Some(frame), Some(conn)) = (&self.init_frame, w.conn.as_mut()) {
             w.ledger.send_init(Instant::now());
@@ -1090,13 +1105,27 @@ impl Supervisor {
                 None => tracing::debug!(pid, exitcode = code, "worker exited"),
             }
         }
-        // Tasks it started and never answered: each run counts as an attempt.
+        // Tasks it started and never answered. The arguments of one that finished keep
+        // their outcomes (from the worker's journal); the one that was running counts
+        // as an attempt; the ones after it never started.
+        let mut partial = lost.partial;
         let mut retried = Vec::new();
         for mut task in lost.started {
             if let Some(error) = &w.fail_with {
                 // Ended on purpose (it broke the protocol): that is the task's error.
                 tracing::warn!(task = task.id, %error, "worker ended with a task");
                 task.fail(&self.completions, error.clone());
+                continue;
+            }
+            // Whether it is known which argument was running (the journal was read);
+            // if not, the whole task counts as started and lost.
+            let known = match partial.take_if(|(id, _)| *id == task.id) {
+                Some((_, journaled)) => keep_finished(&mut task, journaled),
+                None => false,
+            };
+            if task.arguments == 0 {
+                // All of it had finished: its reply was lost with the worker.
+                task.resolve(&self.completions, Delivery::Items(Vec::new()));
                 continue;
             }
             task.lost_runs += 1;
@@ -1108,15 +1137,27 @@ impl Supervisor {
                     "worker lost with a task; retrying it"
                 );
                 retried.push(task);
-            } else {
-                let error = JobError::WorkerLost {
-                    pid,
-                    exitcode: code,
-                    attempts: task.lost_runs,
-                    cause: Box::new(cause.clone()),
-                };
-                tracing::warn!(task = task.id, %error, "worker lost with a task");
+                continue;
+            }
+            let error = JobError::WorkerLost {
+                pid,
+                exitcode: code,
+                attempts: task.lost_runs,
+                cause: Box::new(cause.clone()),
+            };
+            tracing::warn!(task = task.id, %error, "worker lost with a task");
+            if task.arguments == 1 || !known {
                 task.fail(&self.completions, error);
+                continue;
+            }
+            // Only the argument that was running is lost; the rest run elsewhere.
+            task.prefix.push(Delivery::Items(vec![Err(error)]));
+            match resume::skip(&mut task, 1) {
+                Ok(()) => {
+                    task.lost_runs = 0;
+                    retried.push(task);
+                }
+                Err(message) => task.fail(&self.completions, JobError::Protocol { message }),
             }
         }
         for task in retried.into_iter().rev() {
@@ -1323,6 +1364,25 @@ impl Drop for Supervisor {
     }
 }
 
+/// Keeps the outcomes of the arguments of `task` that finished on a worker that died
+/// (as its journal says), and makes the task run only the arguments after them; false
+/// if the journal could not be read (then nothing is known of the task's arguments).
+fn keep_finished(task: &mut Task, journaled: Partial) -> bool {
+    let finished = journaled.items;
+    if finished == 0 {
+        return true;
+    }
+    let kept = resume::finished(task, journaled).and_then(|delivery| {
+        resume::skip(task, finished)?;
+        task.prefix.push(delivery);
+        Ok(())
+    });
+    if let Err(e) = &kept {
+        tracing::warn!(task = task.id, error = %e, "a dead worker's journal is unreadable");
+    }
+    kept.is_ok()
+}
+
 /// What is known of why `w` died, for its `WorkerLost`.
 fn lost_cause(w: &Worker, reaped: &Reaped) -> LostCause {
     let oom_killed = if reaped.exitcode == -(Signal::SIGKILL as i32) {
@@ -1340,7 +1400,8 @@ fn lost_cause(w: &Worker, reaped: &Reaped) -> LostCause {
     }
 }
 
-/// The frame that gives a worker its start-or-revoke slots (their memfd goes with it).
+/// The frame that gives a worker its start-or-revoke slots and its journal (their
+/// memfds go with it).
 fn use_slots_frame() -> Arc<[u8]> {
     // A unit variant always encodes.
     protocol::frame(&Request::UseSlots)

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::bounded::{self, Ints};
+use crate::journal::ItemLog;
 use crate::payload::{Encoded, SpillTo, SpillWriter};
 use crate::protocol::ItemFailure;
 
@@ -162,6 +163,19 @@ impl OutcomesWriter {
     pub fn value<T: Serialize>(&mut self, value: &T) -> Result<(), String> {
         self.out.put(value)?;
         self.values += 1;
+        Ok(())
+    }
+
+    /// The next argument's value, told to `log` with its encoded bytes.
+    #[inline]
+    pub fn value_logged<T: Serialize>(
+        &mut self,
+        value: &T,
+        log: &mut dyn ItemLog,
+    ) -> Result<(), String> {
+        let before = self.out.0.inline().map_or(0, <[u8]>::len);
+        self.value(value)?;
+        log.value(self.out.0.inline().and_then(|b| b.get(before..)));
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::codec::{Codec, OutcomesWriter};
+use crate::journal::ItemLog;
 use crate::payload::{Encoded, SpillTo};
 use crate::protocol::{ENV_DESCRIBE_JOBS, ItemFailure, JobInfo, Outcome};
 use crate::shape;
@@ -52,7 +53,7 @@ pub struct JobEntry {
     output_type: fn() -> &'static str,
     shapes: fn() -> (String, String),
     call: fn(Codec, &[u8]) -> Outcome,
-    call_batch: fn(&[u8], SpillTo) -> Result<Encoded, String>,
+    call_batch: CallBatch,
 }
 
 inventory::collect!(JobEntry);
@@ -108,8 +109,14 @@ impl JobEntry {
     /// says), or why the batch as a whole did not decode or its outcomes did not
     /// encode. Each argument is decoded as its turn comes, and each value encoded as
     /// it is returned, so neither is held all at once. Never panics.
-    pub fn call_batch(&self, batch: &[u8], out: SpillTo) -> Result<Encoded, String> {
-        (self.call_batch)(batch, out)
+    pub fn call_batch(
+        &self,
+        batch: &[u8],
+        from: u32,
+        out: SpillTo,
+        log: &mut dyn ItemLog,
+    ) -> Result<Encoded, String> {
+        (self.call_batch)(batch, from, out, log)
     }
 }
 
@@ -158,7 +165,19 @@ fn capped(text: impl std::fmt::Display) -> String {
     )
 }
 
-fn call_batch<J: Job>(batch: &[u8], out: SpillTo) -> Result<Encoded, String> {
+/// A job's batch runner: encoded arguments, where to start in them, where large
+/// outcomes go, who is told of each outcome.
+type CallBatch = fn(&[u8], u32, SpillTo, &mut dyn ItemLog) -> Result<Encoded, String>;
+
+/// Runs the batch's arguments from place `from` on (the ones before ran already, on a
+/// worker that died after them), telling `log` of each outcome as it comes; failures
+/// are numbered from `from`.
+fn call_batch<J: Job>(
+    batch: &[u8],
+    from: u32,
+    out: SpillTo,
+    log: &mut dyn ItemLog,
+) -> Result<Encoded, String> {
     let undecodable = |e: String| {
         format!(
             "arguments of job `{}` do not decode as {}: {}",
@@ -170,21 +189,28 @@ fn call_batch<J: Job>(batch: &[u8], out: SpillTo) -> Result<Encoded, String> {
     let unencodable = |e: String| format!("result of job `{}` does not encode: {e}", J::NAME);
     let mut inputs = Codec::decode_each::<J::Input>(batch).map_err(undecodable)?;
     let mut out = OutcomesWriter::new(out).map_err(unencodable)?;
+    for done in inputs.by_ref().take(from as usize) {
+        done.map_err(undecodable)?;
+    }
     let mut failures = Vec::new();
     let mut index = 0u32;
     for input in inputs.by_ref() {
-        match run_caught::<J>(input.map_err(undecodable)?) {
-            Ok(Ok(value)) => out.value(&value).map_err(unencodable)?,
-            Ok(Err(message)) => failures.push(ItemFailure {
+        let failure = match run_caught::<J>(input.map_err(undecodable)?) {
+            Ok(Ok(value)) => {
+                out.value_logged(&value, log).map_err(unencodable)?;
+                None
+            }
+            Ok(Err(message)) => Some((false, message)),
+            Err(message) => Some((true, message)),
+        };
+        if let Some((panicked, message)) = failure {
+            let failure = ItemFailure {
                 index,
-                panicked: false,
+                panicked,
                 message,
-            }),
-            Err(message) => failures.push(ItemFailure {
-                index,
-                panicked: true,
-                message,
-            }),
+            };
+            log.failure(&failure);
+            failures.push(failure);
         }
         index = index.saturating_add(1);
     }

@@ -40,6 +40,7 @@ compile_error!(
 mod bounded;
 mod codec;
 mod job;
+pub mod journal;
 mod panic_hook;
 pub mod payload;
 pub mod protocol;

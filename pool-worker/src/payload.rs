@@ -234,7 +234,7 @@ impl Region {
     }
 
     /// Writes `bytes` at `offset`, growing the region if they do not fit.
-    fn write_at(&mut self, offset: usize, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_at(&mut self, offset: usize, bytes: &[u8]) -> io::Result<()> {
         let end = offset
             .checked_add(bytes.len())
             .ok_or_else(|| io::Error::other("payload too large"))?;
@@ -470,6 +470,11 @@ impl SpillWriter {
             }
             _ => Err(io::Error::other("a patch of bytes not written yet")),
         }
+    }
+
+    /// Everything written so far, while it is all in memory here (not spilled).
+    pub(crate) fn inline(&self) -> Option<&[u8]> {
+        self.region.is_none().then_some(&self.bytes[..])
     }
 
     pub fn finish(self) -> io::Result<Encoded> {

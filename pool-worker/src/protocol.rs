@@ -24,7 +24,7 @@ use crate::codec::Codec;
 /// memfds sent with `UseSlots` and `RunBatchShared` are sealed against shrinking, and
 /// a worker refuses them otherwise; 8: a `JobInfo` carries the job's description, Rust
 /// path and JSON shapes).
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 /// The first bytes of every hello frame.
 pub const MAGIC: [u8; 4] = *b"PPW\x01";
 /// Environment variable with the worker's end of its stream (a file descriptor number).
@@ -122,12 +122,15 @@ pub enum Request {
     },
     /// Run `job` on each of `count` arguments encoded together as one `Vec` of the
     /// job's argument type (typed callers: one encode and one decode per chunk, not per
-    /// argument); answered by [`Reply::DoneBatch`], or by [`Reply::Done`] with one
-    /// error per argument if the batch does not decode.
+    /// argument), from place `from` on (those before ran already, on a worker that
+    /// died); answered by [`Reply::DoneBatch`] with the outcomes of the `count - from`
+    /// arguments run, or by [`Reply::Done`] with one error for each of them if the
+    /// batch does not decode.
     RunBatch {
         task: u64,
         job: u32,
         count: u32,
+        from: u32,
         batch: ByteBuf,
     },
     /// [`Request::RunBatch`] with the batch in shared memory, for large arguments.
@@ -139,11 +142,12 @@ pub enum Request {
         task: u64,
         job: u32,
         count: u32,
+        from: u32,
         len: u64,
     },
-    /// Use the start-or-revoke slots (see `slots`) whose memfd comes with the frame
-    /// before starting each task; sent once, before any task, by a supervisor that
-    /// sends tasks ahead.
+    /// Use the start-or-revoke slots (see `slots`) before starting each task, and log
+    /// each argument's outcome in the journal (see `journal`); their memfds come with
+    /// the frame, slots first. Sent once, before any task.
     UseSlots,
     /// Exit now with status `code`, sending nothing: how a `Process` ends its worker
     /// with an exit status that tells whether the job succeeded.
@@ -164,8 +168,7 @@ impl Request {
     /// How many descriptors come with the request's frame (`SCM_RIGHTS`).
     pub fn descriptors(&self) -> usize {
         match self {
-            Request::RunBatchShared { .. } => 2,
-            Request::UseSlots => 1,
+            Request::RunBatchShared { .. } | Request::UseSlots => 2,
             _ => 0,
         }
     }

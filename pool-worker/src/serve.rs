@@ -9,6 +9,7 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::job::Registry;
+use crate::journal::{ItemLog, Journal, NoLog, TaskLog};
 use crate::payload::{self, Encoded, FrameReader, Region, SpillTo};
 use crate::protocol::{
     self, DEFAULT_MAX_FRAME, ENV_SUPERVISOR_PID, ENV_WORKER_FD, Hello, Outcome, ProtocolError,
@@ -131,6 +132,7 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
 
     let mut reader = FrameReader::new(stream);
     let mut slots: Option<Slots> = None;
+    let mut journal: Option<Journal> = None;
     // Tasks received so far: the supervisor counts the same way.
     let mut seq = 0u64;
     let mut shared = None;
@@ -157,6 +159,7 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
         let reply = match request {
             Request::UseSlots => {
                 slots = Some(Slots::adopt(fd()?)?);
+                journal = Some(Journal::adopt(fd()?)?);
                 continue;
             }
             Request::Init {
@@ -181,11 +184,18 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                 codec,
                 arguments,
             } => {
+                let mut log = task_log(&mut journal, &slots, seq);
                 let outcomes = match registry.get(job) {
                     Some(entry) => run_busy(|| {
                         arguments
                             .iter()
-                            .map(|a| entry.call(codec, a))
+                            .map(|a| {
+                                let outcome = entry.call(codec, a);
+                                if let Some(log) = log.as_mut() {
+                                    log.outcome(&outcome);
+                                }
+                                outcome
+                            })
                             .collect::<Vec<_>>()
                     }),
                     None => {
@@ -199,15 +209,24 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                 task,
                 job,
                 count,
+                from,
                 batch,
             } => {
+                let mut log = task_log(&mut journal, &slots, seq);
+                let place = Place {
+                    task,
+                    job,
+                    count,
+                    from,
+                };
                 let out = SpillTo::Sealed;
-                run_batch(registry, task, job, count, Ok(&batch), out, &mut shared)
+                run_batch(registry, place, Ok(&batch), out, &mut log, &mut shared)
             }
             Request::RunBatchShared {
                 task,
                 job,
                 count,
+                from,
                 len,
             } => {
                 let (arguments, scratch) = (fd()?, fd()?);
@@ -224,7 +243,14 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                     (_, Err(e)) => Err(e.clone()),
                 };
                 let out = out.unwrap_or(SpillTo::Sealed);
-                run_batch(registry, task, job, count, batch, out, &mut shared)
+                let mut log = task_log(&mut journal, &slots, seq);
+                let place = Place {
+                    task,
+                    job,
+                    count,
+                    from,
+                };
+                run_batch(registry, place, batch, out, &mut log, &mut shared)
             }
         };
         if let (Some(task), Some(slots)) = (task, &slots) {
@@ -269,15 +295,24 @@ enum Shared {
 /// that was.
 fn run_batch(
     registry: &Registry,
-    task: u64,
-    job: u32,
-    count: u32,
+    place: Place,
     batch: Result<&[u8], String>,
     out: SpillTo,
+    log: &mut Option<TaskLog<'_>>,
     shared: &mut Option<Shared>,
 ) -> Reply {
+    let Place {
+        task,
+        job,
+        count,
+        from,
+    } = place;
+    let log: &mut dyn ItemLog = match log {
+        Some(log) => log,
+        None => &mut NoLog,
+    };
     let ran = match (registry.get(job), batch) {
-        (Some(entry), Ok(batch)) => run_busy(|| entry.call_batch(batch, out)),
+        (Some(entry), Ok(batch)) => run_busy(|| entry.call_batch(batch, from, out, log)),
         (None, _) => Err(format!("no job with index {job}")),
         (_, Err(message)) => Err(message),
     };
@@ -302,8 +337,28 @@ fn run_batch(
         }
         Err(message) => Reply::Done {
             task,
-            outcomes: vec![Outcome::Codec(message); count as usize],
+            outcomes: vec![Outcome::Codec(message); count.saturating_sub(from) as usize],
         },
+    }
+}
+
+/// Which batch a request runs, and from which of its arguments on.
+struct Place {
+    task: u64,
+    job: u32,
+    count: u32,
+    from: u32,
+}
+
+/// The log of the task in slot `seq` (the last one received), when there is a journal.
+fn task_log<'a>(
+    journal: &'a mut Option<Journal>,
+    slots: &'a Option<Slots>,
+    seq: u64,
+) -> Option<TaskLog<'a>> {
+    match (journal.as_mut(), slots.as_ref()) {
+        (Some(journal), Some(slots)) => Some(journal.task(slots, seq.checked_sub(1)?)),
+        _ => None,
     }
 }
 

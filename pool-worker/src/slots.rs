@@ -46,8 +46,9 @@ const WORDS: usize = 2 * SLOTS;
 /// `n`th task only once the worker has passed task `n - RING` (answered it, or a task
 /// after it), so no slot is reused while its task may still be read.
 pub const RING: u64 = WORDS as u64;
-/// The page's words: the state words, then the start times (one of each per slot).
-const PAGE_WORDS: usize = 2 * WORDS;
+/// The page's words: the state words, the start times, and two words of progress
+/// through a batch (one of each per slot).
+const PAGE_WORDS: usize = 4 * WORDS;
 /// The page's size in bytes.
 const BYTES: usize = PAGE_WORDS * 8;
 
@@ -104,6 +105,14 @@ impl Slots {
         self.page.word(WORDS + (seq % WORDS as u64) as usize)
     }
 
+    fn progress_words(&self, seq: u64) -> (&AtomicU64, &AtomicU64) {
+        let at = (seq % WORDS as u64) as usize;
+        (
+            self.page.word(2 * WORDS + at),
+            self.page.word(3 * WORDS + at),
+        )
+    }
+
     fn word(task: u64, state: u64) -> u64 {
         (task << STATE_BITS) | state
     }
@@ -151,9 +160,46 @@ impl Slots {
         }
     }
 
+    /// Records how far the task in slot `seq` is through its arguments (worker, after
+    /// each one): what its journal holds of their outcomes. Read only once this
+    /// process is gone, so plain (release) stores do; one store for an argument with a
+    /// value, the common case, since this is on the path of every argument of every
+    /// batch.
+    pub fn commit(&self, seq: u64, progress: Progress, failed: bool) {
+        let (done, failures) = self.progress_words(seq);
+        if failed {
+            // Before the count that says it is whole.
+            let failed = progress.items - progress.values;
+            failures.store(
+                u64::from(failed) | u64::from(progress.failure_bytes) << 32,
+                Ordering::Release,
+            );
+        }
+        done.store(
+            u64::from(progress.items) | u64::from(progress.value_bytes) << 32,
+            Ordering::Release,
+        );
+    }
+
+    /// How far the task in slot `seq` got, as its worker last said (supervisor, once
+    /// the worker is gone; the caller bounds the sizes).
+    pub fn progress(&self, seq: u64) -> Progress {
+        let (done, failures) = self.progress_words(seq);
+        let (done, failures) = (done.load(Ordering::SeqCst), failures.load(Ordering::SeqCst));
+        let items = done as u32;
+        Progress {
+            items,
+            values: items.saturating_sub(failures as u32),
+            value_bytes: (done >> 32) as u32,
+            failure_bytes: (failures >> 32) as u32,
+        }
+    }
+
     /// Claims `task` for running (worker); false if the supervisor took it back.
     pub fn start(&self, seq: u64, task: u64) -> bool {
-        // Before the swap, so a supervisor that sees the task started sees when.
+        // Before the swap, so a supervisor that sees the task started sees when, and
+        // no progress of the slot's last task.
+        self.commit(seq, Progress::default(), true);
         self.started_at(seq).store(monotonic_ns(), Ordering::SeqCst);
         match self.swap(seq, task, QUEUED, STARTED) {
             Ok(_) => true,
@@ -170,6 +216,18 @@ impl Slots {
             Err(now) => now != Slots::word(task, STOPPED),
         }
     }
+}
+
+/// How far a task is through its arguments: `items` have an outcome (`values` of them
+/// a value, the others a failure), and the worker's journal holds `value_bytes` of
+/// encoded values and `failure_bytes` of encoded failures for them (sizes of
+/// [`u32::MAX`]: the journal could not hold them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub items: u32,
+    pub values: u32,
+    pub value_bytes: u32,
+    pub failure_bytes: u32,
 }
 
 /// Where a task sent ahead is, as its slot says.
@@ -225,6 +283,18 @@ mod tests {
             !worker.finish(2, 81),
             "stopped: the worker starts nothing more"
         );
+        // Progress through a batch, reset when the slot's next task starts.
+        let progress = Progress {
+            items: 3,
+            values: 2,
+            value_bytes: 16,
+            failure_bytes: 9,
+        };
+        worker.commit(2, progress, true);
+        assert_eq!(supervisor.progress(2), progress);
+        supervisor.queue(2 + WORDS as u64, 82);
+        assert!(worker.start(2 + WORDS as u64, 82));
+        assert_eq!(supervisor.progress(2), Progress::default());
         // The slot's next user is another task; only an exact match acts.
         let next = WORDS as u64;
         supervisor.queue(next, 90);

@@ -320,3 +320,15 @@ pub fn chatty(x: u64) -> u64 {
     println!("chatty job says {x}");
     x
 }
+
+/// Records its start in the ledger at `path`; aborts its worker on input `bad` (the
+/// first `crashes` times it starts there, counted in the ledger), else returns `input`.
+#[job]
+pub fn ledger_abort(path: String, input: u64, bad: u64, crashes: usize) -> Result<u64, String> {
+    record_start(&path, input)?;
+    let starts = ledger_starts(std::path::Path::new(&path));
+    if input == bad && starts.get(&input).copied().unwrap_or(0) <= crashes {
+        std::process::abort();
+    }
+    Ok(input)
+}
