@@ -1119,10 +1119,15 @@ impl Supervisor {
             }
             // Whether it is known which argument was running (the journal was read);
             // if not, the whole task counts as started and lost.
-            let known = match partial.take_if(|(id, _)| *id == task.id) {
-                Some((_, journaled)) => keep_finished(&mut task, journaled),
-                None => false,
-            };
+            let finished = partial
+                .take_if(|(id, _)| *id == task.id)
+                .and_then(|(_, journaled)| keep_finished(&mut task, journaled));
+            let known = finished.is_some();
+            if finished.is_some_and(|n| n > 0) {
+                // The argument that was running is not the one earlier losses were of:
+                // retries (and attempts) are counted for it afresh.
+                task.lost_runs = 0;
+            }
             if task.arguments == 0 {
                 // All of it had finished: its reply was lost with the worker.
                 task.resolve(&self.completions, Delivery::Items(Vec::new()));
@@ -1365,12 +1370,13 @@ impl Drop for Supervisor {
 }
 
 /// Keeps the outcomes of the arguments of `task` that finished on a worker that died
-/// (as its journal says), and makes the task run only the arguments after them; false
-/// if the journal could not be read (then nothing is known of the task's arguments).
-fn keep_finished(task: &mut Task, journaled: Partial) -> bool {
+/// (as its journal says), and makes the task run only the arguments after them; how
+/// many finished, or `None` if the journal could not be read (then nothing is known
+/// of the task's arguments).
+fn keep_finished(task: &mut Task, journaled: Partial) -> Option<usize> {
     let finished = journaled.items;
     if finished == 0 {
-        return true;
+        return Some(0);
     }
     let kept = resume::finished(task, journaled).and_then(|delivery| {
         resume::skip(task, finished)?;
@@ -1380,7 +1386,7 @@ fn keep_finished(task: &mut Task, journaled: Partial) -> bool {
     if let Err(e) = &kept {
         tracing::warn!(task = task.id, error = %e, "a dead worker's journal is unreadable");
     }
-    kept.is_ok()
+    kept.ok().map(|()| finished)
 }
 
 /// What is known of why `w` died, for its `WorkerLost`.

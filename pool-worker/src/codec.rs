@@ -6,7 +6,6 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::bounded::{self, Ints};
-use crate::journal::ItemLog;
 use crate::payload::{Encoded, SpillTo, SpillWriter};
 use crate::protocol::ItemFailure;
 
@@ -166,17 +165,22 @@ impl OutcomesWriter {
         Ok(())
     }
 
-    /// The next argument's value, told to `log` with its encoded bytes.
+    /// The next argument's value; the range of its encoded bytes among those written
+    /// (`None` once they spilled to shared memory: see [`OutcomesWriter::written`]).
     #[inline]
-    pub fn value_logged<T: Serialize>(
+    pub fn value_bytes<T: Serialize>(
         &mut self,
         value: &T,
-        log: &mut dyn ItemLog,
-    ) -> Result<(), String> {
+    ) -> Result<Option<std::ops::Range<usize>>, String> {
         let before = self.out.0.inline().map_or(0, <[u8]>::len);
         self.value(value)?;
-        log.value(self.out.0.inline().and_then(|b| b.get(before..)));
-        Ok(())
+        Ok(self.out.0.inline().map(|b| before..b.len()))
+    }
+
+    /// Bytes written, while they are all in memory here.
+    #[inline]
+    pub fn written(&self, range: std::ops::Range<usize>) -> Option<&[u8]> {
+        self.out.0.inline()?.get(range)
     }
 
     /// Ends with the failures (in argument order).

@@ -171,7 +171,7 @@ type CallBatch = fn(&[u8], u32, SpillTo, &mut dyn ItemLog) -> Result<Encoded, St
 
 /// Runs the batch's arguments from place `from` on (the ones before ran already, on a
 /// worker that died after them), telling `log` of each outcome as it comes; failures
-/// are numbered from `from`.
+/// are numbered from 0 at `from` (the outcomes are of the arguments run).
 fn call_batch<J: Job>(
     batch: &[u8],
     from: u32,
@@ -197,7 +197,11 @@ fn call_batch<J: Job>(
     for input in inputs.by_ref() {
         let failure = match run_caught::<J>(input.map_err(undecodable)?) {
             Ok(Ok(value)) => {
-                out.value_logged(&value, log).map_err(unencodable)?;
+                // The value is dropped (user code) before its outcome counts as
+                // journaled: a crash in its drop is this argument's, not the next one's.
+                let encoded = out.value_bytes(&value).map_err(unencodable)?;
+                drop(value);
+                log.value(encoded.and_then(|range| out.written(range)));
                 None
             }
             Ok(Err(message)) => Some((false, message)),

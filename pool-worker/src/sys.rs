@@ -399,6 +399,23 @@ impl SharedMemory {
         self.ptr.as_ptr()
     }
 
+    /// Leaves this mapping out of children this process forks: a `Fork` worker (a
+    /// copy of its supervisor) must not see its siblings' slots, journals and
+    /// payloads, which it could otherwise write.
+    fn dont_fork(&self) -> io::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        // SAFETY: exactly the range mmap returned, still mapped (this value owns it);
+        // the advice changes only what a future fork copies, not this process's view.
+        let done =
+            unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_DONTFORK) };
+        if done != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// The length in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -437,6 +454,7 @@ impl RegionMap {
     /// Maps the first `len` bytes of `fd` read-write.
     pub(crate) fn map(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<RegionMap> {
         let map = SharedMemory::map(fd, len, true)?;
+        map.dont_fork()?;
         Ok(RegionMap {
             map,
             writable: true,
@@ -588,7 +606,9 @@ pub struct SharedPage(SharedMemory);
 
 /// Maps the first `len` bytes of `fd` read-write and shared (`len` a multiple of 8).
 pub(crate) fn map_shared_page(fd: &OwnedFd, len: usize) -> io::Result<SharedPage> {
-    SharedMemory::map(std::os::fd::AsFd::as_fd(fd), len, true).map(SharedPage)
+    let map = SharedMemory::map(std::os::fd::AsFd::as_fd(fd), len, true)?;
+    map.dont_fork()?;
+    Ok(SharedPage(map))
 }
 
 impl SharedPage {
