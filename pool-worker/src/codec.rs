@@ -25,6 +25,17 @@ fn bincode_config() -> impl bincode::config::Config {
 
 impl Codec {
     /// Encodes `value`; the error names what failed and why.
+    /// Encodes `value` in bincode after what `buf` holds (a buffer reused from value
+    /// to value, on a path where each allocation shows).
+    pub(crate) fn encode_bincode_into<T: Serialize + ?Sized>(
+        value: &T,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        bincode::serde::encode_into_std_write(value, buf, bincode_config())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>, String> {
         match self {
             Codec::Bincode => {

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::codec::{Codec, OutcomesWriter};
-use crate::journal::ItemLog;
+use crate::journal::TaskLog;
 use crate::payload::{Encoded, SpillTo};
 use crate::protocol::{ENV_DESCRIBE_JOBS, ItemFailure, JobInfo, Outcome};
 use crate::shape;
@@ -109,12 +109,12 @@ impl JobEntry {
     /// says), or why the batch as a whole did not decode or its outcomes did not
     /// encode. Each argument is decoded as its turn comes, and each value encoded as
     /// it is returned, so neither is held all at once. Never panics.
-    pub fn call_batch(
+    pub(crate) fn call_batch(
         &self,
         batch: &[u8],
         from: u32,
         out: SpillTo,
-        log: &mut dyn ItemLog,
+        log: Option<&mut TaskLog<'_>>,
     ) -> Result<Encoded, String> {
         (self.call_batch)(batch, from, out, log)
     }
@@ -167,7 +167,7 @@ fn capped(text: impl std::fmt::Display) -> String {
 
 /// A job's batch runner: encoded arguments, where to start in them, where large
 /// outcomes go, who is told of each outcome.
-type CallBatch = fn(&[u8], u32, SpillTo, &mut dyn ItemLog) -> Result<Encoded, String>;
+type CallBatch = fn(&[u8], u32, SpillTo, Option<&mut TaskLog<'_>>) -> Result<Encoded, String>;
 
 /// Runs the batch's arguments from place `from` on (the ones before ran already, on a
 /// worker that died after them), telling `log` of each outcome as it comes; failures
@@ -176,7 +176,7 @@ fn call_batch<J: Job>(
     batch: &[u8],
     from: u32,
     out: SpillTo,
-    log: &mut dyn ItemLog,
+    mut log: Option<&mut TaskLog<'_>>,
 ) -> Result<Encoded, String> {
     let undecodable = |e: String| {
         format!(
@@ -201,7 +201,9 @@ fn call_batch<J: Job>(
                 // journaled: a crash in its drop is this argument's, not the next one's.
                 let encoded = out.value_bytes(&value).map_err(unencodable)?;
                 drop(value);
-                log.value(encoded.and_then(|range| out.written(range)));
+                if let Some(log) = log.as_deref_mut() {
+                    log.value(encoded.and_then(|range| out.written(range)));
+                }
                 None
             }
             Ok(Err(message)) => Some((false, message)),
@@ -213,7 +215,9 @@ fn call_batch<J: Job>(
                 panicked,
                 message,
             };
-            log.failure(&failure);
+            if let Some(log) = log.as_deref_mut() {
+                log.failure(&failure);
+            }
             failures.push(failure);
         }
         index = index.saturating_add(1);

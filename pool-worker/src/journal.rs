@@ -29,26 +29,11 @@ pub const BYTES: usize = VALUES + FAILURES;
 /// A size past what the journal holds: its outcomes are not all there.
 pub const OVERFLOW: u32 = u32::MAX;
 
-/// What a batch tells as each of its arguments finishes.
-pub trait ItemLog {
-    /// The argument finished with a value, encoded as `bytes` (`None`: its bytes went
-    /// where the journal cannot follow).
-    fn value(&mut self, bytes: Option<&[u8]>);
-    /// The argument finished without a value.
-    fn failure(&mut self, failure: &ItemFailure);
-}
-
-/// Tells nothing (a worker without slots: a `Process`).
-pub struct NoLog;
-
-impl ItemLog for NoLog {
-    fn value(&mut self, _: Option<&[u8]>) {}
-    fn failure(&mut self, _: &ItemFailure) {}
-}
-
 /// The worker's end of its journal.
 pub(crate) struct Journal {
     region: Region,
+    /// Where an outcome or a failure is encoded before it goes in, reused.
+    buf: Vec<u8>,
 }
 
 impl Journal {
@@ -61,7 +46,10 @@ impl Journal {
                 region.capacity()
             )));
         }
-        Ok(Journal { region })
+        Ok(Journal {
+            region,
+            buf: Vec::new(),
+        })
     }
 
     /// The log of the task in slot `seq`, from its first argument.
@@ -86,13 +74,15 @@ pub(crate) struct TaskLog<'a> {
 impl TaskLog<'_> {
     /// An argument of a task whose arguments are encoded one by one finished.
     pub fn outcome(&mut self, outcome: &Outcome) {
-        match Codec::Bincode.encode(outcome) {
-            Ok(bytes) => self.value(Some(&bytes)),
-            Err(_) => self.value(None),
-        }
+        let mut buf = std::mem::take(&mut self.journal.buf);
+        buf.clear();
+        let encoded = self.progress.value_bytes != OVERFLOW
+            && Codec::encode_bincode_into(outcome, &mut buf).is_ok();
+        self.value(encoded.then_some(&buf[..]));
+        self.journal.buf = buf;
     }
 
-    /// Appends `bytes` at `*len` in the area at `base` of room `room`; false if they do
+    /// Appends `bytes` at `len` in the area at `base` of room `room`; false if they do
     /// not fit (or the journal had overflowed already).
     fn append(&mut self, base: usize, room: usize, len: u32, bytes: &[u8]) -> bool {
         if len == OVERFLOW {
@@ -104,11 +94,11 @@ impl TaskLog<'_> {
         }
         self.journal.region.write_at(base + at, bytes).is_ok()
     }
-}
 
-impl ItemLog for TaskLog<'_> {
+    /// The argument finished with a value, encoded as `bytes` (`None`: its bytes went
+    /// where the journal cannot follow).
     #[inline]
-    fn value(&mut self, bytes: Option<&[u8]>) {
+    pub fn value(&mut self, bytes: Option<&[u8]>) {
         let len = self.progress.value_bytes;
         let kept = bytes.is_some_and(|b| self.append(0, VALUES, len, b));
         let p = &mut self.progress;
@@ -121,18 +111,22 @@ impl ItemLog for TaskLog<'_> {
         self.slots.commit(self.seq, self.progress, false);
     }
 
-    fn failure(&mut self, failure: &ItemFailure) {
+    /// The argument finished without a value.
+    pub fn failure(&mut self, failure: &ItemFailure) {
+        let mut buf = std::mem::take(&mut self.journal.buf);
+        buf.clear();
         let len = self.progress.failure_bytes;
-        let bytes = Codec::Bincode.encode(failure).ok();
-        let kept = bytes
-            .as_deref()
-            .is_some_and(|b| self.append(VALUES, FAILURES, len, b));
+        let kept = len != OVERFLOW
+            && Codec::encode_bincode_into(failure, &mut buf).is_ok()
+            && self.append(VALUES, FAILURES, len, &buf);
         let p = &mut self.progress;
-        p.failure_bytes = match bytes {
-            Some(b) if kept => len + b.len() as u32,
-            _ => OVERFLOW,
+        p.failure_bytes = if kept {
+            len + buf.len() as u32
+        } else {
+            OVERFLOW
         };
         p.items += 1;
         self.slots.commit(self.seq, self.progress, true);
+        self.journal.buf = buf;
     }
 }

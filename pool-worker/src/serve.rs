@@ -9,7 +9,7 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::job::Registry;
-use crate::journal::{ItemLog, Journal, NoLog, TaskLog};
+use crate::journal::{Journal, TaskLog};
 use crate::payload::{self, Encoded, FrameReader, Region, SpillTo};
 use crate::protocol::{
     self, DEFAULT_MAX_FRAME, ENV_SUPERVISOR_PID, ENV_WORKER_FD, Hello, Outcome, ProtocolError,
@@ -307,12 +307,8 @@ fn run_batch(
         count,
         from,
     } = place;
-    let log: &mut dyn ItemLog = match log {
-        Some(log) => log,
-        None => &mut NoLog,
-    };
     let ran = match (registry.get(job), batch) {
-        (Some(entry), Ok(batch)) => run_busy(|| entry.call_batch(batch, from, out, log)),
+        (Some(entry), Ok(batch)) => run_busy(|| entry.call_batch(batch, from, out, log.as_mut())),
         (None, _) => Err(format!("no job with index {job}")),
         (_, Err(message)) => Err(message),
     };
