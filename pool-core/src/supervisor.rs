@@ -2,12 +2,13 @@
 //!
 //! Roles, in the order data flows: callers put tasks on the command channel (and wake
 //! the loop); the loop *dispatches* queued tasks to workers with room, *collects*
-//! replies and delivers them to the tasks' sinks, and *tends* the workers: it reaps the
-//! dead, fails or requeues their tasks, replaces them, retires them after
+//! replies and hands the tasks' outcomes to the result handler, and *tends* the
+//! workers: it reaps the dead, settles their tasks, replaces them, retires them after
 //! `max_tasks_per_child`, and kills them at terminate. All process handling happens on
 //! this one thread, which lives as long as the pool: PR_SET_PDEATHSIG is tied to the
-//! thread that forked a worker, and only the thread that reaps a pid may signal it
-//! without racing pid reuse.
+//! thread that forked a worker (`Fork` workers come from the process-long forker
+//! thread instead), and only the thread that reaps a pid may signal it without racing
+//! pid reuse (signals go through a pidfd where the kernel has one).
 //!
 //! A task is owned by exactly one place at a time (the queue, or a worker's ledger,
 //! `inflight`) and is consumed when resolved; this is what makes "resolves exactly
