@@ -129,7 +129,8 @@ fn run_chaos(method: StartMethod, retries: u32, seed: u64) {
 
 type Outcome = (u64, u64, bool, bool, Result<u64, JobError>);
 
-/// Inputs from 10^9 up in chunks of 6 with a time limit (none cancelled) until `until`.
+/// Inputs from 10^9 up in chunks of 6 with a time limit (none cancelled), some large,
+/// until `until`.
 fn chunked(pool: &Pool, path: &str, retries: u32, until: Instant) -> Vec<Outcome> {
     let first = 1_000_000_000u64;
     let inputs = (first..)
@@ -139,7 +140,9 @@ fn chunked(pool: &Pool, path: &str, retries: u32, until: Instant) -> Vec<Outcome
                 path.to_owned(),
                 input,
                 input % 3,
-                ByteBuf::from(vec![1u8; 8]),
+                // Now and then a chunk's arguments go in shared memory (and a chunk
+                // resumed after a kill is resumed there).
+                ByteBuf::from(vec![1u8; if input % 40 == 0 { 300 * 1024 } else { 8 }]),
             )
         });
     // A chunk runs up to 12 ms; now and then one passes its limit on a busy machine,
@@ -153,7 +156,8 @@ fn chunked(pool: &Pool, path: &str, retries: u32, until: Instant) -> Vec<Outcome
         .with_positions()
         .map(|(at, got)| {
             let input = first + at as u64;
-            (input, input + 8, false, true, got)
+            let size = if input % 40 == 0 { 300 * 1024 } else { 8 };
+            (input, input + size, false, true, got)
         })
         .collect()
 }

@@ -455,7 +455,7 @@ impl Ledger {
             .collect()
     }
 
-    /// The ids of the tasks here, unresolved (for a cancel that looks for them).
+    /// Whether task `id` is here, unresolved (for a cancel that looks for it).
     pub fn holds(&self, id: u64) -> bool {
         self.entries
             .iter()

@@ -212,15 +212,16 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                 from,
                 batch,
             } => {
+                let place = Place::new(task, job, count, from);
                 let mut log = task_log(&mut journal, &slots, seq);
-                let place = Place {
-                    task,
-                    job,
-                    count,
-                    from,
-                };
-                let out = SpillTo::Sealed;
-                run_batch(registry, place, Ok(&batch), out, &mut log, &mut shared)
+                run_batch(
+                    registry,
+                    place,
+                    Ok(&batch),
+                    SpillTo::Sealed,
+                    &mut log,
+                    &mut shared,
+                )
             }
             Request::RunBatchShared {
                 task,
@@ -243,13 +244,8 @@ fn serve_stream(stream: UnixStream) -> Result<(), ProtocolError> {
                     (_, Err(e)) => Err(e.clone()),
                 };
                 let out = out.unwrap_or(SpillTo::Sealed);
+                let place = Place::new(task, job, count, from);
                 let mut log = task_log(&mut journal, &slots, seq);
-                let place = Place {
-                    task,
-                    job,
-                    count,
-                    from,
-                };
                 run_batch(registry, place, batch, out, &mut log, &mut shared)
             }
         };
@@ -344,6 +340,17 @@ struct Place {
     job: u32,
     count: u32,
     from: u32,
+}
+
+impl Place {
+    fn new(task: u64, job: u32, count: u32, from: u32) -> Place {
+        Place {
+            task,
+            job,
+            count,
+            from,
+        }
+    }
 }
 
 /// The log of the task in slot `seq` (the last one received), when there is a journal.
