@@ -425,11 +425,14 @@ impl<T> Slot<T> {
         *state = State::Deferred {
             result,
             callbacks,
-            waker,
+            waker: None,
         };
         drop(state);
         // Waiters may run the callbacks themselves rather than wait for their thread.
         self.done.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
         self.resolve();
         let slot = self.clone();
         let work: crate::completion::CallbackWork = Box::new(move || slot.run_deferred());
@@ -783,6 +786,11 @@ impl<T: Send + 'static> Future for AsyncResult<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.slot.lock();
+        if let State::Deferred { .. } = &*state {
+            drop(state);
+            self.slot.run_deferred();
+            state = self.slot.lock();
+        }
         match &mut *state {
             // Callbacks still to run, or running: woken after them.
             State::Pending { waker, .. }

@@ -1052,7 +1052,13 @@ impl Supervisor {
 
     fn on_exit(&mut self, token: Token, reaped: Reaped) {
         // Its last words are in the pipe already: read them before they are needed.
-        self.read_stderr(token);
+        for _ in 0..1024 {
+            self.stderr_more.retain(|t| *t != token);
+            self.read_stderr(token);
+            if !self.stderr_more.contains(&token) {
+                break;
+            }
+        }
         let Some(mut w) = self.workers.remove(&token) else {
             return;
         };

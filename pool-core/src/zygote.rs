@@ -120,10 +120,12 @@ impl Zygote {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the fork server did not answer",
-                ));
+                // Its answer, if it comes late, would be taken for the next fork's (a
+                // reply names no request): a server that does not answer in time is
+                // lost, ended with its children, and replaced.
+                let e = io::Error::new(io::ErrorKind::TimedOut, "the fork server did not answer");
+                self.lost(&e);
+                return Err(e);
             }
             let mut fds = [PollFd::new(self.control.as_fd(), PollFlags::POLLIN)];
             let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
